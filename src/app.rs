@@ -1,0 +1,238 @@
+//! The commands: turns validated configuration into running parts (store,
+//! PBX client, broker, worker) and runs one command to its exit code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerSettings};
+use crate::config::{Command, ConfigError};
+use crate::enricher::{Enricher, Enrichment};
+use crate::outcome::OutcomeCounts;
+use crate::pbx::{PbxClient, PbxSettings};
+use crate::session::SessionId;
+use crate::simulator::{Simulator, SimulatorSettings};
+use crate::store::{Store, StoreSettings};
+use crate::worker::{Worker, WorkerSettings};
+use crate::{demo, report};
+
+/// A command with its configuration validated; nothing connected yet.
+pub enum Plan {
+    Run {
+        store: StoreSettings,
+        broker: BrokerSettings,
+        pbx: PbxSettings,
+        worker: WorkerSettings,
+        migrate: bool,
+    },
+    Migrate {
+        store: StoreSettings,
+    },
+    Enrich {
+        store: StoreSettings,
+        pbx: PbxSettings,
+        pbx_id: String,
+        ids: Vec<SessionId>,
+        migrate: bool,
+    },
+    SimulatePbx {
+        listen: std::net::SocketAddr,
+        settings: SimulatorSettings,
+    },
+    Demo {
+        store: StoreSettings,
+        broker: BrokerSettings,
+    },
+}
+
+impl Plan {
+    /// Validates the command's configuration without opening a connection.
+    pub fn from_command(command: Command) -> Result<Self, ConfigError> {
+        Ok(match command {
+            Command::Run(args) => Plan::Run {
+                store: args.store.settings()?,
+                broker: args.broker.settings()?,
+                pbx: args.pbx.settings()?,
+                worker: args.worker.settings(&args.pbx.yeastar_pbx_id)?,
+                migrate: !args.no_migrate,
+            },
+            Command::Migrate(store) => Plan::Migrate {
+                store: store.settings()?,
+            },
+            Command::Enrich(args) => Plan::Enrich {
+                store: args.store.settings()?,
+                pbx: args.pbx.settings()?,
+                pbx_id: args.pbx.yeastar_pbx_id.clone(),
+                ids: args.session_ids,
+                migrate: !args.no_migrate,
+            },
+            Command::SimulatePbx(args) => {
+                if !(0.0..=1.0).contains(&args.error_rate) {
+                    return Err(ConfigError {
+                        variable: "SIMULATOR_ERROR_RATE",
+                        problem: "must be between 0 and 1".into(),
+                    });
+                }
+                Plan::SimulatePbx {
+                    listen: args.listen,
+                    settings: SimulatorSettings {
+                        client_id: args.client_id,
+                        client_secret: args.client_secret,
+                        latency: std::time::Duration::from_millis(args.latency_ms),
+                        token_ttl: std::time::Duration::from_secs(args.token_ttl),
+                        error_rate: args.error_rate,
+                        ..SimulatorSettings::default()
+                    },
+                }
+            }
+            Command::Demo(args) => Plan::Demo {
+                store: args.store.settings()?,
+                broker: crate::config::broker_settings(&args.amqp_url, &args.queue, 50)?,
+            },
+        })
+    }
+
+    /// Runs the command until it ends or `shutdown` is cancelled.
+    pub async fn execute(self, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+        match self {
+            Plan::Run {
+                store,
+                broker,
+                pbx,
+                worker,
+                migrate,
+            } => {
+                let store = open_store(&store, migrate).await?;
+                let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
+                let broker = Broker::connect(broker)
+                    .await
+                    .context("connecting to RabbitMQ")?;
+                let enricher = Enricher::new(pbx, store, worker.pbx_id.clone(), worker.store_retry);
+                Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()))
+                    .run(shutdown)
+                    .await?;
+                tracing::info!("Stopped.");
+                Ok(ExitCode::SUCCESS)
+            }
+            Plan::Migrate { store } => {
+                let store = open_store(&store, true).await?;
+                store.close().await;
+                println!("Migrations applied.");
+                Ok(ExitCode::SUCCESS)
+            }
+            Plan::Enrich {
+                store,
+                pbx,
+                pbx_id,
+                ids,
+                migrate,
+            } => enrich(store, pbx, pbx_id, ids, migrate).await,
+            Plan::SimulatePbx { listen, settings } => {
+                let simulator = Simulator::start(listen, settings)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                println!(
+                    "PBX simulator listening: YEASTAR_BASE_URL={}",
+                    simulator.base_url()
+                );
+                shutdown.cancelled().await;
+                simulator.stop();
+                Ok(ExitCode::SUCCESS)
+            }
+            Plan::Demo { store, broker } => demo::run(store, broker).await,
+        }
+    }
+}
+
+pub(crate) async fn open_store(settings: &StoreSettings, migrate: bool) -> anyhow::Result<Store> {
+    let store = Store::connect_lazy(settings).context("DATABASE_URL")?;
+    if migrate {
+        store.migrate().await.context("applying migrations")?;
+    }
+    Ok(store)
+}
+
+async fn enrich(
+    store: StoreSettings,
+    pbx: PbxSettings,
+    pbx_id: String,
+    ids: Vec<SessionId>,
+    migrate: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(&store, migrate).await?;
+    let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
+    let enricher = Enricher::new(
+        pbx,
+        store.clone(),
+        pbx_id.clone(),
+        WorkerSettings::default().store_retry,
+    );
+    let mut failed = 0;
+    for id in &ids {
+        match enricher.enrich(*id).await {
+            Ok(Enrichment::Written) => println!("session {id}: written"),
+            Ok(Enrichment::Stale) => println!("session {id}: unchanged (a newer answer is stored)"),
+            Ok(Enrichment::Missing { marked }) => {
+                println!(
+                    "session {id}: not found on the PBX{}",
+                    if marked {
+                        " (stored row marked missing)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("session {id}: FAILED: {e}");
+            }
+        }
+    }
+    enricher.pbx().revoke_token().await;
+    let raw_ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    let snapshot = store
+        .snapshot(&pbx_id, &raw_ids)
+        .await
+        .context("reading back the rows")?;
+    println!("\n{}", report::snapshot(&snapshot));
+    store.close().await;
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Cancels the returned token on SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGTERM handler unavailable; only Ctrl-C stops gracefully.");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested.");
+        cancel.cancel();
+    });
+    token
+}

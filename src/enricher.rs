@@ -1,0 +1,108 @@
+//! `Enricher`: fetch one session from the PBX and write it to the store, or
+//! mark it missing. Shared by the worker and the `enrich` command; knows
+//! nothing of queues.
+
+use chrono::Utc;
+
+use crate::backoff::Backoff;
+use crate::pbx::{PbxClient, PbxError};
+use crate::session::{FetchedSession, SessionId};
+use crate::store::{MarkedMissing, Store, StoreError, Written};
+
+/// What enriching a session did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enrichment {
+    /// The rows now reflect the PBX's answer.
+    Written,
+    /// A newer answer was already stored; nothing changed.
+    Stale,
+    /// The PBX says the session does not exist; `marked` if a stored row was
+    /// marked missing.
+    Missing { marked: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error(transparent)]
+    Pbx(#[from] PbxError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Enricher {
+    pbx: PbxClient,
+    store: Store,
+    pbx_id: String,
+    /// Retries of a write whose database is unavailable; the fetched answer
+    /// is kept, so the PBX is not asked again.
+    store_retry: Backoff,
+}
+
+impl Enricher {
+    pub fn new(pbx: PbxClient, store: Store, pbx_id: String, store_retry: Backoff) -> Self {
+        Self {
+            pbx,
+            store,
+            pbx_id,
+            store_retry,
+        }
+    }
+
+    pub fn pbx_id(&self) -> &str {
+        &self.pbx_id
+    }
+
+    pub fn pbx(&self) -> &PbxClient {
+        &self.pbx
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Fetches the session and writes what the PBX said.
+    pub async fn enrich(&self, id: SessionId) -> Result<Enrichment, EnrichError> {
+        match self.pbx.fetch_session(id).await {
+            Ok(fetched) => self.write(&fetched).await,
+            Err(PbxError::NotFound) => {
+                let seen_at = Utc::now();
+                let marked = self
+                    .with_store_retry(|| self.store.mark_missing(&self.pbx_id, id, seen_at))
+                    .await?;
+                Ok(Enrichment::Missing {
+                    marked: marked == MarkedMissing::Marked,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write(&self, fetched: &FetchedSession) -> Result<Enrichment, EnrichError> {
+        let written = self
+            .with_store_retry(|| self.store.write_session(&self.pbx_id, fetched))
+            .await?;
+        Ok(match written {
+            Written::Applied => Enrichment::Written,
+            Written::Stale => Enrichment::Stale,
+        })
+    }
+
+    async fn with_store_retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(StoreError::Unavailable(why)) if attempt + 1 < self.store_retry.attempts => {
+                    let wait = self.store_retry.delay(attempt);
+                    tracing::warn!(error = %why, attempt, wait_ms = wait.as_millis() as u64, "Database write failed; retrying.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! session-enricher: consumes Yeastar "new message" events from RabbitMQ,
+//! fetches each session with `message_session/get`, and upserts the session,
+//! its customer and its pending agents into Postgres. ARCHITECTURE.md has
+//! the map.
+
+pub mod app;
+pub mod backoff;
+pub mod broker;
+pub mod config;
+pub mod demo;
+pub mod enricher;
+pub mod event;
+pub mod outcome;
+pub mod pbx;
+pub mod report;
+pub mod secret;
+pub mod session;
+pub mod simulator;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

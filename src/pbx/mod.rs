@@ -1,0 +1,150 @@
+//! The Yeastar PBX client: the only module that speaks HTTP to the PBX (and
+//! the only importer of `reqwest`). It fetches one session with a cached
+//! token, bounded concurrency and bounded retries of transient failures, and
+//! never logs a secret.
+
+mod api;
+mod error;
+mod token;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+
+pub use error::PbxError;
+pub use token::TokenEvents;
+
+use crate::backoff::Backoff;
+use crate::secret::Secret;
+use crate::session::{FetchedSession, SessionId, SessionInfo};
+use api::{Api, CallError};
+use token::{TokenCache, TokenCounter};
+
+/// How to reach and treat one PBX.
+#[derive(Clone, Debug)]
+pub struct PbxSettings {
+    /// e.g. `https://tenant.yeastarcloud.com`.
+    pub base_url: String,
+    /// e.g. `openapi/v1.0`.
+    pub api_path: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// PBX calls in flight at once.
+    pub concurrency: usize,
+    /// One HTTP request, connect included.
+    pub request_timeout: Duration,
+    /// In-process retries of transient failures.
+    pub retry: Backoff,
+    /// The shortest wait after a refused login (doubles per refusal).
+    pub login_retry_min: Duration,
+}
+
+pub struct PbxClient {
+    api: Api,
+    tokens: TokenCache,
+    token_events: TokenCounter,
+    in_flight: Semaphore,
+    retry: Backoff,
+}
+
+impl PbxClient {
+    pub fn new(settings: PbxSettings) -> Result<Self, PbxError> {
+        Ok(Self {
+            api: Api::new(
+                &settings.base_url,
+                &settings.api_path,
+                settings.request_timeout,
+            )?,
+            tokens: TokenCache::new(
+                settings.client_id,
+                settings.client_secret,
+                settings.login_retry_min,
+            ),
+            token_events: TokenCounter::default(),
+            in_flight: Semaphore::new(settings.concurrency.max(1)),
+            retry: settings.retry,
+        })
+    }
+
+    /// Fetches one session. Transient failures are retried with backoff up to
+    /// the configured attempts; the last one is returned as `Transient`.
+    pub async fn fetch_session(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(id).await {
+                Err(PbxError::Transient(why)) if attempt + 1 < self.retry.attempts => {
+                    let wait = self.retry.delay(attempt);
+                    tracing::warn!(session_id = id.get(), attempt, error = %why, wait_ms = wait.as_millis() as u64,
+                        "PBX call failed; retrying.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn fetch_once(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
+        let token = self
+            .tokens
+            .access_token(&self.api, &self.token_events)
+            .await?;
+        let answer = match self.api.message_session(&token, id).await {
+            Err(CallError::TokenExpired) => {
+                self.tokens.invalidate(&token).await;
+                let token = self
+                    .tokens
+                    .access_token(&self.api, &self.token_events)
+                    .await?;
+                match self.api.message_session(&token, id).await {
+                    Err(CallError::TokenExpired) => {
+                        return Err(PbxError::Transient(
+                            "a fresh token was refused with 10004".into(),
+                        ));
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        };
+        let fetched_at = Utc::now();
+        let list = answer.map_err(|e| match e {
+            CallError::Failed(e) => e,
+            CallError::TokenExpired => PbxError::Transient("token expired".into()),
+        })?;
+        let info = SessionInfo::decode(list).map_err(|e| PbxError::Rejected(e.to_string()))?;
+        if info.id != id {
+            return Err(PbxError::Rejected(format!(
+                "asked for session {id}, got session {}",
+                info.id
+            )));
+        }
+        Ok(FetchedSession { info, fetched_at })
+    }
+
+    /// Revokes the cached token (`del_token`), so a restart does not burn one
+    /// of the application's 8 token slots. Best effort.
+    pub async fn revoke_token(&self) {
+        if let Some(token) = self.tokens.take().await {
+            match self.api.del_token(&token).await {
+                Ok(()) => tracing::info!("PBX access token revoked."),
+                Err(e) => tracing::warn!(error = %e, "Could not revoke the PBX access token."),
+            }
+        }
+    }
+
+    /// Whether a valid token is held now (for readiness).
+    pub async fn has_valid_token(&self) -> bool {
+        self.tokens.is_valid().await
+    }
+
+    pub fn token_events(&self) -> TokenEvents {
+        self.token_events.snapshot()
+    }
+}

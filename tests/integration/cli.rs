@@ -1,0 +1,125 @@
+//! The binary's public contract: configuration errors exit 2 with one line
+//! naming the variable, before any connection; `enrich` writes and reports.
+
+use std::process::{Command, Output};
+
+use session_enricher::simulator::{Fault, SimulatorSettings};
+
+use crate::helpers::TestEnv;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_session-enricher"));
+    for var in [
+        "DATABASE_URL", "AMQP_URL", "AMQP_QUEUE", "YEASTAR_BASE_URL", "YEASTAR_CLIENT_ID",
+        "YEASTAR_CLIENT_SECRET", "YEASTAR_PBX_ID", "ENRICHER_PREFETCH", "RUST_LOG", "LOG_FORMAT",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Unreachable services: an attempt to connect would fail differently
+/// (exit 1, after a timeout), so exit 2 proves validation came first.
+fn unreachable_services(command: &mut Command) -> &mut Command {
+    command
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+}
+
+#[test]
+fn a_missing_required_variable_is_one_line_naming_it_and_exit_2() {
+    let output = unreachable_services(binary().arg("run"))
+        .env("YEASTAR_CLIENT_ID", "id")
+        .env("YEASTAR_CLIENT_SECRET", "secret")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("YEASTAR_BASE_URL"), "{err}");
+
+    let output = unreachable_services(binary().arg("run"))
+        .env("YEASTAR_BASE_URL", "https://pbx.example.com")
+        .env("YEASTAR_CLIENT_ID", "id")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("YEASTAR_CLIENT_SECRET"), "{}", stderr(&output));
+}
+
+#[test]
+fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
+    let cases = [
+        ("ENRICHER_PREFETCH", "lots"),
+        ("ENRICHER_PREFETCH", "0"),
+        ("YEASTAR_BASE_URL", "pbx.example.com"),
+        ("DATABASE_URL", "mysql://x"),
+        ("AMQP_URL", "http://x"),
+    ];
+    for (variable, value) in cases {
+        let output = unreachable_services(binary().arg("run"))
+            .env("YEASTAR_BASE_URL", "https://pbx.example.com")
+            .env("YEASTAR_CLIENT_ID", "id")
+            .env("YEASTAR_CLIENT_SECRET", "do-not-print-me")
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{variable}={value}: {err}");
+        assert_eq!(err.lines().count(), 1, "{variable}={value}: {err}");
+        assert!(err.contains(variable), "{variable}={value}: {err}");
+        assert!(!err.contains("do-not-print-me"));
+    }
+}
+
+#[test]
+fn help_documents_every_variable_without_showing_secrets() {
+    let output = binary().args(["run", "--help"]).env("YEASTAR_CLIENT_SECRET", "do-not-print-me").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "DATABASE_URL", "AMQP_URL", "AMQP_QUEUE", "AMQP_EXCHANGE", "AMQP_ROUTING_KEY", "YEASTAR_BASE_URL",
+        "YEASTAR_API_PATH", "YEASTAR_CLIENT_ID", "YEASTAR_CLIENT_SECRET", "YEASTAR_PBX_ID", "ENRICHER_PREFETCH",
+        "ENRICHER_EVENT_TYPES", "ENRICHER_SHUTDOWN_TIMEOUT",
+    ] {
+        assert!(help.contains(variable), "--help does not mention {variable}");
+    }
+    assert!(!help.contains("do-not-print-me"));
+}
+
+#[tokio::test]
+async fn enrich_writes_the_sessions_and_fails_when_one_fails() {
+    let env = TestEnv::new().await;
+    let defaults = SimulatorSettings::default();
+    let enrich = |ids: &[&str]| {
+        let mut command = binary();
+        command
+            .arg("enrich")
+            .args(ids)
+            .env("DATABASE_URL", &env.db_url)
+            .env("YEASTAR_BASE_URL", env.sim.base_url())
+            .env("YEASTAR_CLIENT_ID", &defaults.client_id)
+            .env("YEASTAR_CLIENT_SECRET", defaults.client_secret.expose())
+            .env("YEASTAR_PBX_ID", crate::helpers::PBX);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let output = enrich(&["2862", "900000001"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    assert!(stdout.contains("session 2862: written"), "{stdout}");
+    assert!(stdout.contains("session 900000001: not found"), "{stdout}");
+    assert!(stdout.contains("Alice Johnson"), "the pending agents are printed: {stdout}");
+    assert_eq!(env.pending_agents(2862).await.len(), 3);
+
+    env.sim.fail_next_session_requests([Fault::Errcode(40001)]);
+    let output = enrich(&["5"]).await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("session 5: FAILED"));
+    assert!(env.session_row(5).await.is_none());
+    assert_eq!(env.sim.stats().live_tokens, 0, "each run revokes its token");
+    env.finish().await;
+}

@@ -1,0 +1,356 @@
+//! Test harness: each `TestEnv` has its own database, its own queue names and
+//! its own PBX simulator, so tests run in parallel against the local
+//! RabbitMQ and Postgres. Waits are for a condition with a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+use session_enricher::backoff::Backoff;
+use session_enricher::broker::{Broker, BrokerSettings};
+use session_enricher::enricher::Enricher;
+use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
+use session_enricher::pbx::{PbxClient, PbxSettings};
+use session_enricher::simulator::{Simulator, SimulatorSettings};
+use session_enricher::store::{Store, StoreSettings};
+use session_enricher::worker::{WorkerError, Worker, WorkerSettings};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const PBX: &str = "test-pbx";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub db_url: String,
+    pub db: PgPool,
+    pub queue: String,
+    pub dead_queue: String,
+    pub sim: Simulator,
+    amqp: Connection,
+    channel: lapin::Channel,
+}
+
+pub struct RunningWorker {
+    pub counts: Arc<OutcomeCounts>,
+    pub stop: CancellationToken,
+    pub handle: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Cancels the worker and waits for its graceful shutdown.
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        self.stop.cancel();
+        self.handle.await.expect("the worker task panicked")
+    }
+
+    pub fn counts(&self) -> CountsSnapshot {
+        self.counts.snapshot()
+    }
+
+    /// Waits until `n` deliveries have been settled for good.
+    pub async fn wait_finished(&self, n: u64) {
+        let counts = Arc::clone(&self.counts);
+        wait_until(&format!("{n} deliveries settled"), || {
+            let counts = Arc::clone(&counts);
+            async move { counts.snapshot().finished() >= n }
+        })
+        .await;
+    }
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let name = format!("se_test_{:016x}", rand::random::<u64>());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url())
+            .await
+            .expect("the local Postgres must be running (see README)");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create the test database");
+        admin.close().await;
+        let db_url = with_database(&database_url(), &name);
+        let db = PgPoolOptions::new().max_connections(4).connect(&db_url).await.expect("connect to the test database");
+        let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("the local RabbitMQ must be running (see README)");
+        let channel = amqp.create_channel().await.expect("open a channel");
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+        let queue = format!("{name}.events");
+        let sim = Simulator::start(([127, 0, 0, 1], 0).into(), SimulatorSettings::default())
+            .await
+            .expect("start the simulator");
+        let env = Self {
+            dead_queue: format!("{queue}.dead"),
+            queue,
+            name,
+            db_url,
+            db,
+            sim,
+            amqp,
+            channel,
+        };
+        env.migrate().await;
+        env
+    }
+
+    pub async fn migrate(&self) {
+        let store = Store::connect_lazy(&self.store_settings()).unwrap();
+        store.migrate().await.expect("migrations apply");
+        store.close().await;
+    }
+
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            url: self.db_url.clone(),
+            max_connections: 4,
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn broker_settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            url: amqp_url(),
+            queue: self.queue.clone(),
+            exchange: None,
+            routing_key: None,
+            prefetch: 50,
+        }
+    }
+
+    pub fn pbx_settings(&self) -> PbxSettings {
+        let defaults = SimulatorSettings::default();
+        PbxSettings {
+            base_url: self.sim.base_url(),
+            api_path: "openapi/v1.0".into(),
+            client_id: defaults.client_id,
+            client_secret: defaults.client_secret,
+            concurrency: 8,
+            request_timeout: Duration::from_secs(5),
+            retry: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                attempts: 5,
+            },
+            login_retry_min: Duration::from_secs(60),
+        }
+    }
+
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            pbx_id: PBX.into(),
+            shutdown_timeout: Duration::from_secs(10),
+            store_retry: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                attempts: 5,
+            },
+            ..WorkerSettings::default()
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        Store::connect_lazy(&self.store_settings()).unwrap()
+    }
+
+    pub fn enricher(&self) -> Enricher {
+        Enricher::new(
+            PbxClient::new(self.pbx_settings()).unwrap(),
+            self.store(),
+            PBX.into(),
+            self.worker_settings().store_retry,
+        )
+    }
+
+    /// Starts a worker in-process with the default test settings.
+    pub async fn start_worker(&self) -> RunningWorker {
+        self.start_worker_with(self.worker_settings()).await
+    }
+
+    pub async fn start_worker_with(&self, settings: WorkerSettings) -> RunningWorker {
+        let broker = Broker::connect(self.broker_settings()).await.expect("worker connects to RabbitMQ");
+        let counts = Arc::new(OutcomeCounts::default());
+        let stop = CancellationToken::new();
+        let worker = Worker::new(broker, self.enricher(), settings, Arc::clone(&counts));
+        let handle = tokio::spawn(worker.run(stop.clone()));
+        RunningWorker { counts, stop, handle }
+    }
+
+    /// Publishes a persistent message to the work queue and waits for the
+    /// broker's confirm. The queue is declared first (as the worker would).
+    pub async fn publish(&self, body: &[u8]) {
+        self.publish_with_headers(body, FieldTable::default()).await;
+    }
+
+    pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
+        self.channel
+            .queue_declare(self.queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .await
+            .expect("declare the work queue");
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                BasicProperties::default().with_delivery_mode(2).with_headers(headers),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker refused a test message");
+    }
+
+    pub async fn publish_json(&self, event: &Value) {
+        self.publish(event.to_string().as_bytes()).await;
+    }
+
+    /// Ready messages in a queue.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
+    }
+
+    /// Takes every message of the dead-letter queue: body and reason header.
+    pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        let mut out = Vec::new();
+        while let Some(got) = self
+            .channel
+            .basic_get(self.dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get on the dead-letter queue")
+        {
+            let reason = got
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-enricher-error").cloned())
+                .map(|v| match v {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            out.push((got.delivery.data, reason));
+        }
+        out
+    }
+
+    pub async fn session_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM message_sessions").fetch_one(&self.db).await.unwrap()
+    }
+
+    pub async fn session_row(&self, id: i64) -> Option<sqlx::postgres::PgRow> {
+        sqlx::query("SELECT * FROM message_sessions WHERE pbx = $1 AND session_id = $2")
+            .bind(PBX)
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// `(agent_user_id, position)` of a session's pending agents, in order.
+    pub async fn pending_agents(&self, id: i64) -> Vec<(i64, i32)> {
+        sqlx::query("SELECT agent_user_id, position FROM session_pending_agents WHERE pbx = $1 AND session_id = $2 ORDER BY position")
+            .bind(PBX)
+            .bind(id)
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// Drops the database and the queues (also done on drop, so a failed
+    /// test leaves nothing behind).
+    pub async fn finish(self) {
+        self.sim.stop();
+        let _ = self.amqp.close(200, "done".into()).await;
+        self.db.close().await;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.sim.stop();
+        let (name, queues) = (self.name.clone(), [self.queue.clone(), self.dead_queue.clone()]);
+        // A runtime of its own: this may run while a test's runtime unwinds.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(amqp) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+                    if let Ok(channel) = amqp.create_channel().await {
+                        for queue in &queues {
+                            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                        }
+                    }
+                    let _ = amqp.close(200, "done".into()).await;
+                }
+                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&database_url()).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after the deadline.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A message event as the PBX's webhook sends it.
+pub fn new_message_event(session_id: i64) -> Value {
+    serde_json::json!({"type": 30031, "sn": "3631A0000001", "msg": {"session_id": session_id, "msg_id": session_id * 10, "msg_type": 0}})
+}

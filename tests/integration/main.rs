@@ -1,0 +1,9 @@
+//! Integration tests against the local RabbitMQ and Postgres, with the PBX
+//! played by the in-process simulator. See `helpers` for the isolation rules.
+
+mod cli;
+mod enrichment;
+mod events;
+mod helpers;
+mod pbx_client;
+mod reliability;

@@ -10,8 +10,16 @@ use crate::helpers::TestEnv;
 fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_session-enricher"));
     for var in [
-        "DATABASE_URL", "AMQP_URL", "AMQP_QUEUE", "YEASTAR_BASE_URL", "YEASTAR_CLIENT_ID",
-        "YEASTAR_CLIENT_SECRET", "YEASTAR_PBX_ID", "ENRICHER_PREFETCH", "RUST_LOG", "LOG_FORMAT",
+        "DATABASE_URL",
+        "AMQP_URL",
+        "AMQP_QUEUE",
+        "YEASTAR_BASE_URL",
+        "YEASTAR_CLIENT_ID",
+        "YEASTAR_CLIENT_SECRET",
+        "YEASTAR_PBX_ID",
+        "ENRICHER_PREFETCH",
+        "RUST_LOG",
+        "LOG_FORMAT",
     ] {
         command.env_remove(var);
     }
@@ -48,7 +56,11 @@ fn a_missing_required_variable_is_one_line_naming_it_and_exit_2() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("YEASTAR_CLIENT_SECRET"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("YEASTAR_CLIENT_SECRET"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -78,15 +90,32 @@ fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
 
 #[test]
 fn help_documents_every_variable_without_showing_secrets() {
-    let output = binary().args(["run", "--help"]).env("YEASTAR_CLIENT_SECRET", "do-not-print-me").output().unwrap();
+    let output = binary()
+        .args(["run", "--help"])
+        .env("YEASTAR_CLIENT_SECRET", "do-not-print-me")
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for variable in [
-        "DATABASE_URL", "AMQP_URL", "AMQP_QUEUE", "AMQP_EXCHANGE", "AMQP_ROUTING_KEY", "YEASTAR_BASE_URL",
-        "YEASTAR_API_PATH", "YEASTAR_CLIENT_ID", "YEASTAR_CLIENT_SECRET", "YEASTAR_PBX_ID", "ENRICHER_PREFETCH",
-        "ENRICHER_EVENT_TYPES", "ENRICHER_SHUTDOWN_TIMEOUT",
+        "DATABASE_URL",
+        "AMQP_URL",
+        "AMQP_QUEUE",
+        "AMQP_EXCHANGE",
+        "AMQP_ROUTING_KEY",
+        "YEASTAR_BASE_URL",
+        "YEASTAR_API_PATH",
+        "YEASTAR_CLIENT_ID",
+        "YEASTAR_CLIENT_SECRET",
+        "YEASTAR_PBX_ID",
+        "ENRICHER_PREFETCH",
+        "ENRICHER_EVENT_TYPES",
+        "ENRICHER_SHUTDOWN_TIMEOUT",
     ] {
-        assert!(help.contains(variable), "--help does not mention {variable}");
+        assert!(
+            help.contains(variable),
+            "--help does not mention {variable}"
+        );
     }
     assert!(!help.contains("do-not-print-me"));
 }
@@ -112,7 +141,10 @@ async fn enrich_writes_the_sessions_and_fails_when_one_fails() {
     assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
     assert!(stdout.contains("session 2862: written"), "{stdout}");
     assert!(stdout.contains("session 900000001: not found"), "{stdout}");
-    assert!(stdout.contains("Alice Johnson"), "the pending agents are printed: {stdout}");
+    assert!(
+        stdout.contains("Alice Johnson"),
+        "the pending agents are printed: {stdout}"
+    );
     assert_eq!(env.pending_agents(2862).await.len(), 3);
 
     env.sim.fail_next_session_requests([Fault::Errcode(40001)]);

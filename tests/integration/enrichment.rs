@@ -20,18 +20,30 @@ async fn the_spec_example_session_gives_exactly_the_rows_it_implies() {
     assert_eq!(text("channel_type").as_deref(), Some("livechat"));
     assert_eq!(text("channel_name").as_deref(), Some("Website Live Chat"));
     assert_eq!(text("did_number").as_deref(), Some("LC00000"));
-    assert_eq!(text("to_number").as_deref(), Some("1d8d5367fd4145cd9dd6cfd8c546ded7"));
+    assert_eq!(
+        text("to_number").as_deref(),
+        Some("1d8d5367fd4145cd9dd6cfd8c546ded7")
+    );
     assert_eq!(text("origin"), None, "\"\" is stored as NULL");
     assert_eq!(text("page_name"), None, "\"\" is stored as NULL");
     assert_eq!(text("website_domain").as_deref(), Some("example.com"));
     assert_eq!(row.get::<Option<i32>, _>("customer_user_type"), Some(5));
-    assert_eq!(text("customer_user_no").as_deref(), Some("1d8d5367fd4145cd9dd6cfd8c546ded7"));
+    assert_eq!(
+        text("customer_user_no").as_deref(),
+        Some("1d8d5367fd4145cd9dd6cfd8c546ded7")
+    );
     assert_eq!(text("prechat_name").as_deref(), Some("Jane Smith"));
-    assert_eq!(text("prechat_email").as_deref(), Some("jane.smith@example.com"));
+    assert_eq!(
+        text("prechat_email").as_deref(),
+        Some("jane.smith@example.com")
+    );
     assert_eq!(text("prechat_phone").as_deref(), Some("+8613800138000"));
     assert_eq!(text("prechat_first_name").as_deref(), Some("Jane"));
     assert_eq!(text("prechat_last_name").as_deref(), Some("Smith"));
-    assert_eq!(row.get::<serde_json::Value, _>("raw"), spec_example_session());
+    assert_eq!(
+        row.get::<serde_json::Value, _>("raw"),
+        spec_example_session()
+    );
     assert_eq!(row.get::<Option<DateTime<Utc>>, _>("missing_at"), None);
 
     let customers = sqlx::query("SELECT user_type, user_no, username, avatar FROM customers")
@@ -40,8 +52,14 @@ async fn the_spec_example_session_gives_exactly_the_rows_it_implies() {
         .unwrap();
     assert_eq!(customers.len(), 1);
     assert_eq!(customers[0].get::<i32, _>("user_type"), 5);
-    assert_eq!(customers[0].get::<String, _>("user_no"), "1d8d5367fd4145cd9dd6cfd8c546ded7");
-    assert_eq!(customers[0].get::<Option<String>, _>("username").as_deref(), Some("Website Visitor-Jane Smith"));
+    assert_eq!(
+        customers[0].get::<String, _>("user_no"),
+        "1d8d5367fd4145cd9dd6cfd8c546ded7"
+    );
+    assert_eq!(
+        customers[0].get::<Option<String>, _>("username").as_deref(),
+        Some("Website Visitor-Jane Smith")
+    );
     assert_eq!(customers[0].get::<Option<String>, _>("avatar"), None);
 
     let agents = sqlx::query(
@@ -113,11 +131,28 @@ async fn each_channel_type_is_stored_with_its_own_fields() {
         vec![
             (1012, "sms".into(), 2, None, None, false),
             (1013, "whatsapp".into(), 3, None, None, false),
-            (1014, "facebook".into(), 4, Some("Acme Support".into()), None, false),
-            (1015, "livechat".into(), 5, None, Some("shop.example.com".into()), true),
+            (
+                1014,
+                "facebook".into(),
+                4,
+                Some("Acme Support".into()),
+                None,
+                false
+            ),
+            (
+                1015,
+                "livechat".into(),
+                5,
+                None,
+                Some("shop.example.com".into()),
+                true
+            ),
         ]
     );
-    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&env.db).await.unwrap();
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
     assert_eq!(customers, 4);
     worker.shutdown().await.unwrap();
     env.finish().await;
@@ -139,7 +174,8 @@ fn queued(id: i64, agents: &[(i64, &str)]) -> serde_json::Value {
 async fn the_pending_agent_set_is_replaced_and_emptied_on_pick_up() {
     let env = TestEnv::new().await;
     let worker = env.start_worker().await;
-    env.sim.set_session(50, queued(50, &[(1, "A"), (2, "B"), (3, "C")]));
+    env.sim
+        .set_session(50, queued(50, &[(1, "A"), (2, "B"), (3, "C")]));
     env.publish_json(&new_message_event(50)).await;
     worker.wait_finished(1).await;
     assert_eq!(env.pending_agents(50).await, vec![(1, 0), (2, 1), (3, 2)]);
@@ -189,12 +225,19 @@ async fn a_session_that_disappears_is_marked_missing_and_loses_its_agents() {
     env.publish_json(&new_message_event(900_000_001)).await;
     worker.wait_finished(3).await;
     let counts = worker.counts();
-    assert_eq!((counts.enriched, counts.not_found, counts.dead_lettered), (1, 2, 0));
+    assert_eq!(
+        (counts.enriched, counts.not_found, counts.dead_lettered),
+        (1, 2, 0)
+    );
     let row = env.session_row(60).await.unwrap();
     assert!(row.get::<Option<DateTime<Utc>>, _>("missing_at").is_some());
     assert_eq!(env.pending_agents(60).await, vec![]);
     assert!(env.session_row(900_000_001).await.is_none());
-    assert_eq!(env.sim.stats().session_requests, 3, "not found is not retried");
+    assert_eq!(
+        env.sim.stats().session_requests,
+        3,
+        "not found is not retried"
+    );
     assert_eq!(env.queue_len(&env.queue).await, 0);
     assert_eq!(env.queue_len(&env.dead_queue).await, 0);
 
@@ -225,8 +268,14 @@ async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
         info: SessionInfo::decode(queued(70, &[(3, "New C")])).unwrap(),
         fetched_at: t_new,
     };
-    assert_eq!(store.write_session(PBX, &newer).await.unwrap(), Written::Applied);
-    assert_eq!(store.write_session(PBX, &older).await.unwrap(), Written::Stale);
+    assert_eq!(
+        store.write_session(PBX, &newer).await.unwrap(),
+        Written::Applied
+    );
+    assert_eq!(
+        store.write_session(PBX, &older).await.unwrap(),
+        Written::Stale
+    );
     assert_eq!(env.pending_agents(70).await, vec![(3, 0)]);
 
     // Many writers racing, old and new interleaved: the newest answer wins
@@ -234,7 +283,11 @@ async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
     let mut writers = tokio::task::JoinSet::new();
     for i in 0..20 {
         let store = store.clone();
-        let fetched = if i % 2 == 0 { older.clone() } else { newer.clone() };
+        let fetched = if i % 2 == 0 {
+            older.clone()
+        } else {
+            newer.clone()
+        };
         writers.spawn(async move { store.write_session(PBX, &fetched).await.unwrap() });
     }
     while let Some(w) = writers.join_next().await {
@@ -256,12 +309,21 @@ async fn duplicate_events_are_harmless() {
     }
     worker.wait_finished(5).await;
     assert_eq!(env.session_count().await, 1);
-    assert_eq!(env.pending_agents(2862).await, vec![(137, 0), (138, 1), (26, 2)]);
-    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&env.db).await.unwrap();
+    assert_eq!(
+        env.pending_agents(2862).await,
+        vec![(137, 0), (138, 1), (26, 2)]
+    );
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
     assert_eq!(customers, 1);
     assert_eq!(env.queue_len(&env.queue).await, 0);
     assert_eq!(env.queue_len(&env.dead_queue).await, 0);
     worker.shutdown().await.unwrap();
-    wait_until("nothing left in the queue", || async { env.queue_len(&env.queue).await == 0 }).await;
+    wait_until("nothing left in the queue", || async {
+        env.queue_len(&env.queue).await == 0
+    })
+    .await;
     env.finish().await;
 }

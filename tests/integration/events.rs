@@ -40,12 +40,30 @@ async fn every_malformed_kind_lands_in_the_dead_letter_queue_unchanged_with_its_
         (b"this is not json", "not JSON"),
         (b"\xff\xfe\x00garbage", "not JSON"),
         (b"[1, 2, 3]", "not a JSON object"),
-        (br#"{"type": 30031, "msg": {"msg_id": 5}}"#, "no `session_id`"),
-        (br#"{"type": 30031, "msg": {"session_id": "abc"}}"#, "not a positive integer"),
-        (br#"{"type": 30031, "msg": {"session_id": 0}}"#, "not a positive integer"),
-        (br#"{"type": 30031, "msg": {"session_id": -12}}"#, "not a positive integer"),
-        (br#"{"type": 30031, "msg": "{not json"}"#, "`msg` is neither"),
-        (br#"{"type": "new-message", "msg": {"session_id": 1}}"#, "`type` is not an integer"),
+        (
+            br#"{"type": 30031, "msg": {"msg_id": 5}}"#,
+            "no `session_id`",
+        ),
+        (
+            br#"{"type": 30031, "msg": {"session_id": "abc"}}"#,
+            "not a positive integer",
+        ),
+        (
+            br#"{"type": 30031, "msg": {"session_id": 0}}"#,
+            "not a positive integer",
+        ),
+        (
+            br#"{"type": 30031, "msg": {"session_id": -12}}"#,
+            "not a positive integer",
+        ),
+        (
+            br#"{"type": 30031, "msg": "{not json"}"#,
+            "`msg` is neither",
+        ),
+        (
+            br#"{"type": "new-message", "msg": {"session_id": 1}}"#,
+            "`type` is not an integer",
+        ),
     ];
     for (body, _) in &malformed {
         env.publish(body).await;
@@ -57,17 +75,30 @@ async fn every_malformed_kind_lands_in_the_dead_letter_queue_unchanged_with_its_
     assert_eq!((counts.dead_lettered, counts.enriched), (9, 1));
 
     let mut dead = env.take_dead_letters().await;
-    assert_eq!(dead.len(), 9, "each malformed event is dead-lettered exactly once");
+    assert_eq!(
+        dead.len(),
+        9,
+        "each malformed event is dead-lettered exactly once"
+    );
     for (body, reason_part) in &malformed {
-        let at = dead
-            .iter()
-            .position(|(b, _)| b == body)
-            .unwrap_or_else(|| panic!("{:?} is not in the dead-letter queue byte for byte", String::from_utf8_lossy(body)));
+        let at = dead.iter().position(|(b, _)| b == body).unwrap_or_else(|| {
+            panic!(
+                "{:?} is not in the dead-letter queue byte for byte",
+                String::from_utf8_lossy(body)
+            )
+        });
         let (_, reason) = dead.remove(at);
-        assert!(reason.contains(reason_part), "reason {reason:?} should mention {reason_part:?}");
+        assert!(
+            reason.contains(reason_part),
+            "reason {reason:?} should mention {reason_part:?}"
+        );
     }
     assert_eq!(env.queue_len(&env.queue).await, 0);
-    assert_eq!(env.sim.stats().session_requests, 1, "no PBX call for a malformed event");
+    assert_eq!(
+        env.sim.stats().session_requests,
+        1,
+        "no PBX call for a malformed event"
+    );
     worker.shutdown().await.unwrap();
     env.finish().await;
 }
@@ -78,7 +109,8 @@ async fn an_event_type_the_worker_does_not_handle_is_skipped_without_a_pbx_call(
     let worker = env.start_worker().await;
     env.publish_json(&json!({"type": 30038, "sn": "1", "msg": json!({"data": {"session_id": 5, "read_msg_id": 1}}).to_string()}))
         .await;
-    env.publish_json(&json!({"type": 30032, "msg": {"session_id": 6, "delivery_status": 1}})).await;
+    env.publish_json(&json!({"type": 30032, "msg": {"session_id": 6, "delivery_status": 1}}))
+        .await;
     worker.wait_finished(2).await;
     assert_eq!(worker.counts().skipped, 2);
     assert_eq!(env.sim.stats().session_requests, 0);
@@ -98,7 +130,8 @@ async fn the_handled_event_types_are_configurable() {
         ..env.worker_settings()
     };
     let worker = env.start_worker_with(settings).await;
-    env.publish_json(&json!({"type": 30032, "msg": {"session_id": 6, "delivery_status": 1}})).await;
+    env.publish_json(&json!({"type": 30032, "msg": {"session_id": 6, "delivery_status": 1}}))
+        .await;
     worker.wait_finished(1).await;
     assert_eq!(worker.counts().enriched, 1);
     assert!(env.session_row(6).await.is_some());

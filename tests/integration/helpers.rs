@@ -6,7 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -17,7 +20,7 @@ use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
 use session_enricher::pbx::{PbxClient, PbxSettings};
 use session_enricher::simulator::{Simulator, SimulatorSettings};
 use session_enricher::store::{Store, StoreSettings};
-use session_enricher::worker::{WorkerError, Worker, WorkerSettings};
+use session_enricher::worker::{Worker, WorkerError, WorkerSettings};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::task::JoinHandle;
@@ -27,7 +30,8 @@ pub const PBX: &str = "test-pbx";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_url() -> String {
@@ -87,12 +91,19 @@ impl TestEnv {
             .expect("create the test database");
         admin.close().await;
         let db_url = with_database(&database_url(), &name);
-        let db = PgPoolOptions::new().max_connections(4).connect(&db_url).await.expect("connect to the test database");
+        let db = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db_url)
+            .await
+            .expect("connect to the test database");
         let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .expect("the local RabbitMQ must be running (see README)");
         let channel = amqp.create_channel().await.expect("open a channel");
-        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
         let queue = format!("{name}.events");
         let sim = Simulator::start(([127, 0, 0, 1], 0).into(), SimulatorSettings::default())
             .await
@@ -185,12 +196,18 @@ impl TestEnv {
     }
 
     pub async fn start_worker_with(&self, settings: WorkerSettings) -> RunningWorker {
-        let broker = Broker::connect(self.broker_settings()).await.expect("worker connects to RabbitMQ");
+        let broker = Broker::connect(self.broker_settings())
+            .await
+            .expect("worker connects to RabbitMQ");
         let counts = Arc::new(OutcomeCounts::default());
         let stop = CancellationToken::new();
         let worker = Worker::new(broker, self.enricher(), settings, Arc::clone(&counts));
         let handle = tokio::spawn(worker.run(stop.clone()));
-        RunningWorker { counts, stop, handle }
+        RunningWorker {
+            counts,
+            stop,
+            handle,
+        }
     }
 
     /// Publishes a persistent message to the work queue and waits for the
@@ -201,7 +218,14 @@ impl TestEnv {
 
     pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
         self.channel
-            .queue_declare(self.queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("declare the work queue");
         let confirm = self
@@ -209,9 +233,14 @@ impl TestEnv {
             .basic_publish(
                 "".into(),
                 self.queue.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
-                BasicProperties::default().with_delivery_mode(2).with_headers(headers),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             )
             .await
             .expect("publish")
@@ -227,7 +256,14 @@ impl TestEnv {
     /// Ready messages in a queue.
     pub async fn queue_len(&self, queue: &str) -> u32 {
         self.channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .map(|q| q.message_count())
             .unwrap_or(0)
@@ -238,7 +274,10 @@ impl TestEnv {
         let mut out = Vec::new();
         while let Some(got) = self
             .channel
-            .basic_get(self.dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(
+                self.dead_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
             .await
             .expect("basic.get on the dead-letter queue")
         {
@@ -259,7 +298,10 @@ impl TestEnv {
     }
 
     pub async fn session_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM message_sessions").fetch_one(&self.db).await.unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM message_sessions")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
     }
 
     pub async fn session_row(&self, id: i64) -> Option<sqlx::postgres::PgRow> {
@@ -296,25 +338,41 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.sim.stop();
-        let (name, queues) = (self.name.clone(), [self.queue.clone(), self.dead_queue.clone()]);
+        let (name, queues) = (
+            self.name.clone(),
+            [self.queue.clone(), self.dead_queue.clone()],
+        );
         // A runtime of its own: this may run while a test's runtime unwinds.
         let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(amqp) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+                if let Ok(amqp) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                {
                     if let Ok(channel) = amqp.create_channel().await {
                         for queue in &queues {
-                            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                            let _ = channel
+                                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                                .await;
                         }
                     }
                     let _ = amqp.close(200, "done".into()).await;
                 }
-                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&database_url()).await {
-                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&admin)
-                        .await;
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&database_url())
+                    .await
+                {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
                     admin.close().await;
                 }
             });
@@ -325,7 +383,9 @@ impl Drop for TestEnv {
 
 /// `url` with its database replaced by `name`.
 fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[scheme_end..].find('/') {
         Some(slash) => &base[..scheme_end + slash],
@@ -345,7 +405,10 @@ where
 {
     let deadline = Instant::now() + DEADLINE;
     while !condition().await {
-        assert!(Instant::now() < deadline, "timed out after {DEADLINE:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -13,20 +13,31 @@ async fn one_login_serves_many_events_and_a_10004_renews_the_token_without_anoth
         env.publish_json(&new_message_event(id)).await;
     }
     worker.wait_finished(40).await;
-    assert_eq!(env.sim.stats().logins, 1, "one token for all events, even fetched concurrently");
+    assert_eq!(
+        env.sim.stats().logins,
+        1,
+        "one token for all events, even fetched concurrently"
+    );
 
     env.sim.expire_tokens();
     env.publish_json(&new_message_event(41)).await;
     worker.wait_finished(41).await;
     assert_eq!(worker.counts().enriched, 41);
     let stats = env.sim.stats();
-    assert_eq!(stats.logins, 1, "renewed with refresh_token, not a new login");
+    assert_eq!(
+        stats.logins, 1,
+        "renewed with refresh_token, not a new login"
+    );
     assert_eq!(stats.refreshes, 1);
     assert_eq!(stats.live_tokens, 1);
     // 40 + the refused one + its retry.
     assert_eq!(stats.session_requests, 42);
     worker.shutdown().await.unwrap();
-    assert_eq!(env.sim.stats().revocations, 1, "the token is revoked at shutdown");
+    assert_eq!(
+        env.sim.stats().revocations,
+        1,
+        "the token is revoked at shutdown"
+    );
     assert_eq!(env.sim.stats().live_tokens, 0);
     env.finish().await;
 }
@@ -35,11 +46,19 @@ async fn one_login_serves_many_events_and_a_10004_renews_the_token_without_anoth
 async fn transient_pbx_failures_are_retried_until_they_clear() {
     let env = TestEnv::new().await;
     let worker = env.start_worker().await;
-    env.sim.fail_next_session_requests([Fault::Errcode(-2), Fault::Errcode(70082), Fault::HttpStatus(503), Fault::HttpStatus(502)]);
+    env.sim.fail_next_session_requests([
+        Fault::Errcode(-2),
+        Fault::Errcode(70082),
+        Fault::HttpStatus(503),
+        Fault::HttpStatus(502),
+    ]);
     env.publish_json(&new_message_event(2862)).await;
     worker.wait_finished(1).await;
     let counts = worker.counts();
-    assert_eq!((counts.enriched, counts.retried, counts.dead_lettered), (1, 0, 0));
+    assert_eq!(
+        (counts.enriched, counts.retried, counts.dead_lettered),
+        (1, 0, 0)
+    );
     assert_eq!(env.sim.stats().session_requests, 5);
     assert_eq!(env.pending_agents(2862).await.len(), 3);
     worker.shutdown().await.unwrap();
@@ -51,7 +70,8 @@ async fn a_pbx_down_past_the_retry_budget_requeues_the_event_and_nothing_is_lost
     let env = TestEnv::new().await;
     let worker = env.start_worker().await;
     // Five attempts per delivery: the first delivery fails them all.
-    env.sim.fail_next_session_requests(std::iter::repeat_n(Fault::HttpStatus(503), 5));
+    env.sim
+        .fail_next_session_requests(std::iter::repeat_n(Fault::HttpStatus(503), 5));
     env.publish_json(&new_message_event(2862)).await;
     worker.wait_finished(1).await;
     let counts = worker.counts();
@@ -83,7 +103,8 @@ async fn a_permanent_refusal_is_dead_lettered_with_the_errcode() {
 async fn an_answer_that_is_not_a_session_is_dead_lettered() {
     let env = TestEnv::new().await;
     let worker = env.start_worker().await;
-    env.sim.set_session(78, serde_json::json!({"channel_type": "sms"}));
+    env.sim
+        .set_session(78, serde_json::json!({"channel_type": "sms"}));
     env.publish_json(&new_message_event(78)).await;
     worker.wait_finished(1).await;
     let dead = env.take_dead_letters().await;
@@ -98,7 +119,9 @@ async fn a_refused_login_holds_the_event_and_does_not_retry_the_login_at_once() 
     let env = TestEnv::new().await;
     let mut pbx = env.pbx_settings();
     pbx.client_secret = session_enricher::secret::Secret::new("wrong");
-    let broker = session_enricher::broker::Broker::connect(env.broker_settings()).await.unwrap();
+    let broker = session_enricher::broker::Broker::connect(env.broker_settings())
+        .await
+        .unwrap();
     let counts = std::sync::Arc::new(session_enricher::outcome::OutcomeCounts::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let enricher = session_enricher::enricher::Enricher::new(
@@ -107,12 +130,20 @@ async fn a_refused_login_holds_the_event_and_does_not_retry_the_login_at_once() 
         crate::helpers::PBX.into(),
         env.worker_settings().store_retry,
     );
-    let worker = session_enricher::worker::Worker::new(broker, enricher, env.worker_settings(), counts.clone());
+    let worker = session_enricher::worker::Worker::new(
+        broker,
+        enricher,
+        env.worker_settings(),
+        counts.clone(),
+    );
     let running = tokio::spawn(worker.run(stop.clone()));
     for id in 1..=5 {
         env.publish_json(&new_message_event(id)).await;
     }
-    crate::helpers::wait_until("the login attempt", || async { env.sim.stats().logins >= 1 }).await;
+    crate::helpers::wait_until("the login attempt", || async {
+        env.sim.stats().logins >= 1
+    })
+    .await;
     // Held, not dead-lettered, not acked; and one refused login only, however
     // many events wait (the next attempt is at least a minute away).
     crate::helpers::wait_until("all five events held", || async {
@@ -126,7 +157,10 @@ async fn a_refused_login_holds_the_event_and_does_not_retry_the_login_at_once() 
     running.await.unwrap().unwrap();
     assert_eq!(counts.snapshot().abandoned, 5);
     // Back in the queue for the next worker.
-    crate::helpers::wait_until("the held events are back in the queue", || async { env.queue_len(&env.queue).await == 5 }).await;
+    crate::helpers::wait_until("the held events are back in the queue", || async {
+        env.queue_len(&env.queue).await == 5
+    })
+    .await;
     assert_eq!(env.queue_len(&env.dead_queue).await, 0);
     env.finish().await;
 }

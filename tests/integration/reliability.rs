@@ -13,15 +13,27 @@ async fn a_worker_restart_mid_queue_loses_nothing() {
         env.publish_json(&new_message_event(id)).await;
     }
     let first = env.start_worker().await;
-    wait_until("some events enriched by the first worker", || async { first.counts().enriched >= 40 }).await;
+    wait_until("some events enriched by the first worker", || async {
+        first.counts().enriched >= 40
+    })
+    .await;
     first.shutdown().await.expect("a clean shutdown");
     let done_by_first = env.session_count().await;
-    assert!(done_by_first < total, "the restart must happen mid-queue ({done_by_first} done)");
+    assert!(
+        done_by_first < total,
+        "the restart must happen mid-queue ({done_by_first} done)"
+    );
     assert!(env.queue_len(&env.queue).await > 0);
 
     let second = env.start_worker().await;
-    wait_until("every session stored", || async { env.session_count().await == total }).await;
-    wait_until("the queue drained", || async { env.queue_len(&env.queue).await == 0 }).await;
+    wait_until("every session stored", || async {
+        env.session_count().await == total
+    })
+    .await;
+    wait_until("the queue drained", || async {
+        env.queue_len(&env.queue).await == 0
+    })
+    .await;
     second.shutdown().await.expect("a clean shutdown");
     let missing: Vec<i64> = sqlx::query_scalar(
         "SELECT g FROM generate_series(1, $1::bigint) g

@@ -95,6 +95,10 @@ async fn the_spec_example_session_gives_exactly_the_rows_it_implies() {
     env.finish().await;
 }
 
+/// session_id, channel_type, customer_user_type, page_name, website_domain,
+/// has a pre-chat name.
+type ChannelRow = (i64, String, i32, Option<String>, Option<String>, bool);
+
 #[tokio::test]
 async fn each_channel_type_is_stored_with_its_own_fields() {
     let env = TestEnv::new().await;
@@ -113,7 +117,7 @@ async fn each_channel_type_is_stored_with_its_own_fields() {
     .fetch_all(&env.db)
     .await
     .unwrap();
-    let got: Vec<(i64, String, i32, Option<String>, Option<String>, bool)> = rows
+    let got: Vec<ChannelRow> = rows
         .iter()
         .map(|r| {
             (

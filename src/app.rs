@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerSettings};
+use crate::broker::BrokerSettings;
 use crate::config::{Command, ConfigError};
 use crate::enricher::{Enricher, Enrichment};
 use crate::outcome::OutcomeCounts;
@@ -19,6 +19,8 @@ use crate::worker::{Worker, WorkerSettings};
 use crate::{demo, report};
 
 /// A command with its configuration validated; nothing connected yet.
+// One value per process: the size difference between variants is moot.
+#[allow(clippy::large_enum_variant)]
 pub enum Plan {
     Run {
         store: StoreSettings,
@@ -106,9 +108,6 @@ impl Plan {
             } => {
                 let store = open_store(&store, migrate).await?;
                 let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-                let broker = Broker::connect(broker)
-                    .await
-                    .context("connecting to RabbitMQ")?;
                 let enricher = Enricher::new(pbx, store, worker.pbx_id.clone(), worker.store_retry);
                 Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()))
                     .run(shutdown)

@@ -8,7 +8,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backoff::Backoff;
 use crate::broker::BrokerSettings;
-use crate::event::NEW_MESSAGE_EVENT;
 use crate::pbx::PbxSettings;
 use crate::secret::Secret;
 use crate::session::SessionId;
@@ -129,6 +128,11 @@ pub struct BrokerArgs {
     /// Unacked deliveries this worker may hold.
     #[arg(long, env = "ENRICHER_PREFETCH", value_name = "ENRICHER_PREFETCH", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
+    /// Deliveries of one message after which the work queue (a quorum
+    /// queue) dead-letters it: bounds a message that crashes the worker.
+    /// Fixed when the queue is first declared.
+    #[arg(long, env = "ENRICHER_DELIVERY_LIMIT", value_name = "ENRICHER_DELIVERY_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub delivery_limit: u32,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +198,17 @@ pub struct WorkerArgs {
     /// Seconds a shutdown may take to finish in-flight work.
     #[arg(long, env = "ENRICHER_SHUTDOWN_TIMEOUT", value_name = "ENRICHER_SHUTDOWN_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout: u64,
+    /// Attempts at an event that keeps failing transiently (PBX
+    /// unavailable), the first included, before it is dead-lettered; between
+    /// attempts it waits in `<AMQP_QUEUE>.retry`.
+    #[arg(long, env = "ENRICHER_RETRY_ATTEMPTS", value_name = "ENRICHER_RETRY_ATTEMPTS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub retry_attempts: u32,
+    /// First wait in the retry queue, in milliseconds (doubles, jittered).
+    #[arg(long, env = "ENRICHER_RETRY_DELAY_MS", value_name = "ENRICHER_RETRY_DELAY_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_delay_ms: u64,
+    /// Longest wait in the retry queue, in milliseconds.
+    #[arg(long, env = "ENRICHER_RETRY_MAX_DELAY_MS", value_name = "ENRICHER_RETRY_MAX_DELAY_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_delay_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +318,7 @@ impl BrokerArgs {
         broker_settings(&self.amqp_url, &self.amqp_queue, self.prefetch).map(|s| BrokerSettings {
             exchange: self.amqp_exchange.clone().filter(|e| !e.is_empty()),
             routing_key: self.amqp_routing_key.clone().filter(|k| !k.is_empty()),
+            delivery_limit: self.delivery_limit,
             ..s
         })
     }
@@ -325,6 +341,7 @@ pub(crate) fn broker_settings(
         exchange: None,
         routing_key: None,
         prefetch,
+        delivery_limit: 20,
     })
 }
 
@@ -399,27 +416,22 @@ impl WorkerArgs {
                 "must list at least one event type",
             ));
         }
+        if self.retry_max_delay_ms < self.retry_delay_ms {
+            return Err(invalid(
+                "ENRICHER_RETRY_MAX_DELAY_MS",
+                "must not be below ENRICHER_RETRY_DELAY_MS",
+            ));
+        }
         Ok(WorkerSettings {
             pbx_id: pbx_id.to_owned(),
             handled_types: self.event_types.clone(),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            retry: Backoff {
+                initial: Duration::from_millis(self.retry_delay_ms),
+                max: Duration::from_millis(self.retry_max_delay_ms),
+                attempts: self.retry_attempts,
+            },
             ..WorkerSettings::default()
         })
-    }
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            pbx_id: "default".into(),
-            handled_types: vec![NEW_MESSAGE_EVENT],
-            shutdown_timeout: Duration::from_secs(20),
-            configuration_retry: Duration::from_secs(30),
-            store_retry: Backoff {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(5),
-                attempts: 5,
-            },
-        }
     }
 }

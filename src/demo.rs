@@ -111,7 +111,7 @@ pub async fn run(
     })?;
     let counts = Arc::new(OutcomeCounts::default());
     let worker = Worker::new(
-        Broker::connect(broker_settings.clone()).await?,
+        broker_settings.clone(),
         Enricher::new(
             pbx,
             store.clone(),

@@ -150,8 +150,15 @@ impl TokenCache {
                     .saturating_mul(2u32.saturating_pow(state.refused_logins - 1))
                     .min(Duration::from_secs(3600));
                 state.next_login_at = Some(Instant::now() + wait);
-                let blocked = matches!(&refused, PbxError::Configuration { reason, .. } if reason.starts_with("errcode 70004"));
-                if blocked || state.refused_logins >= MAX_REFUSED_LOGINS {
+                let reason = match &refused {
+                    PbxError::Configuration { reason, .. } => reason.as_str(),
+                    _ => "",
+                };
+                // Bad credentials count towards the PBX's IP block (5 in a
+                // row); an IP already blocked must not be tried again.
+                let blocked = reason.starts_with("errcode 70004");
+                let credentials = reason.starts_with("errcode -1 ");
+                if blocked || (credentials && state.refused_logins >= MAX_REFUSED_LOGINS) {
                     tracing::error!(error = %refused, refused_logins = state.refused_logins,
                         "PBX login refused; no more logins until this process restarts with working credentials.");
                     state.halted = Some(refused.clone());

@@ -19,6 +19,7 @@ use session_enricher::enricher::Enricher;
 use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
 use session_enricher::pbx::{PbxClient, PbxSettings};
 use session_enricher::simulator::{Simulator, SimulatorSettings};
+use session_enricher::status::WorkerStatus;
 use session_enricher::store::{Store, StoreSettings};
 use session_enricher::worker::{Worker, WorkerError, WorkerSettings};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -49,10 +50,20 @@ pub struct TestEnv {
     channel: lapin::Channel,
 }
 
+/// Every part of an in-process worker, adjustable (e.g. to route a
+/// connection through a `Proxy`).
+pub struct WorkerSetup {
+    pub broker: BrokerSettings,
+    pub pbx: PbxSettings,
+    pub store: StoreSettings,
+    pub worker: WorkerSettings,
+}
+
 pub struct RunningWorker {
     pub counts: Arc<OutcomeCounts>,
     pub stop: CancellationToken,
     pub handle: JoinHandle<Result<(), WorkerError>>,
+    pub status: Arc<WorkerStatus>,
 }
 
 impl RunningWorker {
@@ -119,6 +130,13 @@ impl TestEnv {
             channel,
         };
         env.migrate().await;
+        // The worker's own topology (quorum work queue, .retry, .dead), so
+        // tests can publish before a worker starts.
+        Broker::connect(env.broker_settings())
+            .await
+            .expect("declare the topology")
+            .close()
+            .await;
         env
     }
 
@@ -143,6 +161,7 @@ impl TestEnv {
             exchange: None,
             routing_key: None,
             prefetch: 50,
+            delivery_limit: 5,
         }
     }
 
@@ -165,14 +184,23 @@ impl TestEnv {
     }
 
     pub fn worker_settings(&self) -> WorkerSettings {
+        let quick = |attempts| Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            attempts,
+        };
         WorkerSettings {
             pbx_id: PBX.into(),
             shutdown_timeout: Duration::from_secs(10),
-            store_retry: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(100),
-                attempts: 5,
+            store_retry: quick(3),
+            retry: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+                attempts: 3,
             },
+            reconnect: quick(u32::MAX),
+            database_probe: quick(u32::MAX),
+            pbx_probe: quick(u32::MAX),
             ..WorkerSettings::default()
         }
     }
@@ -181,53 +209,55 @@ impl TestEnv {
         Store::connect_lazy(&self.store_settings()).unwrap()
     }
 
-    pub fn enricher(&self) -> Enricher {
-        Enricher::new(
-            PbxClient::new(self.pbx_settings()).unwrap(),
-            self.store(),
-            PBX.into(),
-            self.worker_settings().store_retry,
-        )
-    }
-
     /// Starts a worker in-process with the default test settings.
     pub async fn start_worker(&self) -> RunningWorker {
         self.start_worker_with(self.worker_settings()).await
     }
 
     pub async fn start_worker_with(&self, settings: WorkerSettings) -> RunningWorker {
-        let broker = Broker::connect(self.broker_settings())
-            .await
-            .expect("worker connects to RabbitMQ");
+        self.spawn(WorkerSetup {
+            worker: settings,
+            ..self.setup()
+        })
+    }
+
+    /// The default test settings of every part, to adjust before `spawn`.
+    pub fn setup(&self) -> WorkerSetup {
+        WorkerSetup {
+            broker: self.broker_settings(),
+            pbx: self.pbx_settings(),
+            store: self.store_settings(),
+            worker: self.worker_settings(),
+        }
+    }
+
+    pub fn spawn(&self, setup: WorkerSetup) -> RunningWorker {
         let counts = Arc::new(OutcomeCounts::default());
         let stop = CancellationToken::new();
-        let worker = Worker::new(broker, self.enricher(), settings, Arc::clone(&counts));
+        let enricher = Enricher::new(
+            PbxClient::new(setup.pbx).unwrap(),
+            Store::connect_lazy(&setup.store).unwrap(),
+            PBX.into(),
+            setup.worker.store_retry,
+        );
+        let worker = Worker::new(setup.broker, enricher, setup.worker, Arc::clone(&counts));
+        let status = worker.status();
         let handle = tokio::spawn(worker.run(stop.clone()));
         RunningWorker {
             counts,
             stop,
             handle,
+            status,
         }
     }
 
     /// Publishes a persistent message to the work queue and waits for the
-    /// broker's confirm. The queue is declared first (as the worker would).
+    /// broker's confirm.
     pub async fn publish(&self, body: &[u8]) {
         self.publish_with_headers(body, FieldTable::default()).await;
     }
 
     pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
-        self.channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the work queue");
         let confirm = self
             .channel
             .basic_publish(

@@ -295,6 +295,14 @@ impl Worker {
                 tracing::info!("Recovered: {what} no more; consuming again.");
                 return true;
             }
+            if matches!(pause, Pause::Pbx { .. })
+                && self.shared.enricher.pbx().logins_halted().await
+            {
+                self.status.set_problem(Some(format!(
+                    "paused: {}; logins stopped to keep this IP from being blocked: fix the credentials (or lift the block), then restart",
+                    pause.reason()
+                )));
+            }
             tracing::debug!(attempt, "Still paused: {what}.");
         }
     }

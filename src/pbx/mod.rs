@@ -144,6 +144,12 @@ impl PbxClient {
         self.tokens.is_valid().await
     }
 
+    /// Whether refused logins made this process stop logging in (an
+    /// operator must fix the credentials or lift an IP block, then restart).
+    pub async fn logins_halted(&self) -> bool {
+        self.tokens.is_halted().await
+    }
+
     pub fn token_events(&self) -> TokenEvents {
         self.token_events.snapshot()
     }

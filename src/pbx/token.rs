@@ -106,6 +106,11 @@ impl TokenCache {
         self.state.lock().await.token.take().map(|t| t.access)
     }
 
+    /// Whether logins stopped for good after refusals.
+    pub async fn is_halted(&self) -> bool {
+        self.state.lock().await.halted.is_some()
+    }
+
     /// Whether a token is held and valid now.
     pub async fn is_valid(&self) -> bool {
         let state = self.state.lock().await;

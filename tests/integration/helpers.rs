@@ -50,6 +50,19 @@ pub struct TestEnv {
     channel: lapin::Channel,
 }
 
+/// A message of the dead-letter queue and why it is there.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    /// `x-enricher-error`: set when the worker dead-lettered it.
+    pub reason: Option<String>,
+    /// `x-enricher-attempts`.
+    pub attempts: Option<i64>,
+    /// `x-first-death-reason`: set when the broker dead-lettered it (e.g.
+    /// `delivery_limit`).
+    pub broker_reason: Option<String>,
+}
+
 /// Every part of an in-process worker, adjustable (e.g. to route a
 /// connection through a `Proxy`).
 pub struct WorkerSetup {
@@ -301,6 +314,16 @@ impl TestEnv {
 
     /// Takes every message of the dead-letter queue: body and reason header.
     pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        self.take_dead_letters_in_full()
+            .await
+            .into_iter()
+            .map(|d| (d.body, d.reason.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Takes every message of the dead-letter queue with the headers that
+    /// say why it is there.
+    pub async fn take_dead_letters_in_full(&self) -> Vec<DeadLetter> {
         let mut out = Vec::new();
         while let Some(got) = self
             .channel
@@ -311,20 +334,91 @@ impl TestEnv {
             .await
             .expect("basic.get on the dead-letter queue")
         {
-            let reason = got
+            let headers = got
                 .delivery
                 .properties
                 .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("x-enricher-error").cloned())
-                .map(|v| match v {
-                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                    other => format!("{other:?}"),
-                })
+                .clone()
                 .unwrap_or_default();
-            out.push((got.delivery.data, reason));
+            let header = |name: &str| headers.inner().get(name).cloned();
+            let reason = header("x-enricher-error").map(|v| match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            });
+            let attempts = header("x-enricher-attempts").and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => Some(n),
+                AMQPValue::LongInt(n) => Some(i64::from(n)),
+                _ => None,
+            });
+            let broker_reason = header("x-first-death-reason").map(|v| match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            });
+            out.push(DeadLetter {
+                body: got.delivery.data,
+                reason,
+                attempts,
+                broker_reason,
+            });
         }
         out
+    }
+
+    /// Declares a plain classic queue, as someone might by hand.
+    pub async fn declare_classic_queue(&self, queue: &str) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a classic queue");
+    }
+
+    pub async fn delete_queue(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+
+    /// `DATABASE_URL` of this test's database through `proxy`.
+    pub fn db_url_via(&self, proxy: &crate::proxy::Proxy) -> String {
+        format!("postgres://postgres@{}/{}", proxy.addr, self.name)
+    }
+
+    /// `AMQP_URL` through `proxy`, with 1 s heartbeats so a stall is noticed.
+    pub fn amqp_url_via(&self, proxy: &crate::proxy::Proxy) -> String {
+        format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr)
+    }
+
+    /// The real binary's `run`, configured for this test (more settings can
+    /// be added to the returned command).
+    pub fn binary_run(&self) -> std::process::Command {
+        let defaults = SimulatorSettings::default();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_session-enricher"));
+        command
+            .arg("run")
+            .env("DATABASE_URL", &self.db_url)
+            .env("AMQP_URL", amqp_url())
+            .env("AMQP_QUEUE", &self.queue)
+            .env("YEASTAR_BASE_URL", self.sim.base_url())
+            .env("YEASTAR_CLIENT_ID", &defaults.client_id)
+            .env("YEASTAR_CLIENT_SECRET", defaults.client_secret.expose())
+            .env("YEASTAR_PBX_ID", PBX)
+            .env(
+                "ENRICHER_DELIVERY_LIMIT",
+                self.broker_settings().delivery_limit.to_string(),
+            )
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command
     }
 
     pub async fn session_count(&self) -> i64 {
@@ -370,7 +464,11 @@ impl Drop for TestEnv {
         self.sim.stop();
         let (name, queues) = (
             self.name.clone(),
-            [self.queue.clone(), self.dead_queue.clone()],
+            [
+                self.queue.clone(),
+                self.dead_queue.clone(),
+                format!("{}.retry", self.queue),
+            ],
         );
         // A runtime of its own: this may run while a test's runtime unwinds.
         let cleanup = std::thread::spawn(move || {

@@ -4,6 +4,8 @@
 mod cli;
 mod enrichment;
 mod events;
+mod failures;
 mod helpers;
 mod pbx_client;
+mod proxy;
 mod reliability;

@@ -17,6 +17,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 pub const ERROR_HEADER: &str = "x-enricher-error";
 /// Header counting the attempts already made at a message.
 pub const ATTEMPT_HEADER: &str = "x-enricher-attempts";
+/// Header on dead letters: the SHA-256 (hex) of the body, a stable key for
+/// dropping the rare duplicate (a publish whose confirm was lost).
+pub const DIGEST_HEADER: &str = "x-enricher-body-sha256";
 
 /// How to reach the broker and which queues to use.
 #[derive(Clone, Debug)]
@@ -292,15 +295,19 @@ impl Broker {
 
     /// Publishes the delivery's body, byte for byte and with its properties,
     /// to the dead-letter queue with `reason` in the `x-enricher-error`
-    /// header (and `attempts` in `x-enricher-attempts`), and waits for the
-    /// broker's confirm.
+    /// header (`attempts` in `x-enricher-attempts`, the body's digest in
+    /// `x-enricher-body-sha256`), and waits for the broker's confirm.
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
         reason: &str,
         attempts: u32,
+        body_sha256: &str,
     ) -> Result<(), BrokerError> {
-        let properties = annotated(delivery, reason, attempts);
+        let mut properties = annotated(delivery, reason, attempts);
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from(DIGEST_HEADER), long_string(body_sha256));
+        properties = properties.with_headers(headers);
         self.publish_confirmed(
             &self.settings.dead_letter_queue(),
             &delivery.body,

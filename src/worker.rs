@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::outcome::{Outcome, OutcomeCounts, Pause};
 use crate::pbx::PbxError;
 use crate::policy::{self, Action};
 use crate::status::WorkerStatus;
+use crate::store::Store;
 
 /// How the worker treats deliveries and failures.
 #[derive(Clone, Debug)]
@@ -354,7 +356,12 @@ async fn process(
 }
 
 async fn finish(shared: &Shared, broker: &Broker, delivery: &Delivery, outcome: Outcome) {
-    let settled = settle(broker, &shared.settings.retry, delivery, outcome).await;
+    let settler = Settler {
+        broker,
+        store: shared.enricher.store(),
+        retry: &shared.settings.retry,
+    };
+    let settled = settler.settle(delivery, outcome).await;
     shared.counts.record(&settled);
 }
 
@@ -387,69 +394,103 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// Carries out an outcome: the only place deliveries are acked,
-/// dead-lettered, sent to retry or returned. Nothing is acked before what it
-/// stands for is committed (rows) or confirmed by the broker (a dead letter,
-/// a retry). Returns the outcome that took effect.
-async fn settle(
-    broker: &Broker,
-    retry: &Backoff,
-    delivery: &Delivery,
-    outcome: Outcome,
-) -> Outcome {
-    let settled = match outcome {
-        Outcome::Enriched | Outcome::Unchanged | Outcome::Skipped { .. } | Outcome::NotFound => {
-            ack(delivery).await;
-            outcome
-        }
-        Outcome::DeadLetter { reason } => {
-            dead_letter(broker, delivery, reason, delivery.attempts.max(1)).await
-        }
-        Outcome::Retry { reason } => {
-            let attempts = delivery.attempts.saturating_add(1);
-            if attempts >= retry.attempts {
-                let reason = format!("gave up after {attempts} attempts: {reason}");
-                dead_letter(broker, delivery, reason, attempts).await
-            } else {
-                let delay = retry.delay(attempts - 1);
-                match broker.retry_later(delivery, attempts, delay, &reason).await {
-                    Ok(()) => {
-                        tracing::warn!(reason = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "Event failed for now; retrying later.");
-                        ack(delivery).await;
-                        Outcome::Retry { reason }
-                    }
-                    Err(e) => requeue(delivery, format!("the retry queue refused it: {e}")).await,
-                }
-            }
-        }
-        Outcome::Hold(pause) => {
-            requeue(delivery, pause.reason().to_owned()).await;
-            Outcome::Hold(pause)
-        }
-        Outcome::Crashed { panic } => {
-            tracing::error!(panic = %panic, "Processing the event panicked; returning it (the queue's delivery limit bounds repeats).");
-            requeue(delivery, panic.clone()).await;
-            Outcome::Crashed { panic }
-        }
-        Outcome::Requeued { reason } => requeue(delivery, reason).await,
-    };
-    tracing::debug!(outcome = ?settled, "Delivery settled.");
-    settled
+/// What settling a delivery needs: the broker for acks and publishes, the
+/// store for the record of dead letters already published.
+struct Settler<'a> {
+    broker: &'a Broker,
+    store: &'a Store,
+    retry: &'a Backoff,
 }
 
-async fn dead_letter(
-    broker: &Broker,
-    delivery: &Delivery,
-    reason: String,
-    attempts: u32,
-) -> Outcome {
-    match broker.dead_letter(delivery, &reason, attempts).await {
-        Ok(()) => {
-            tracing::warn!(reason = %reason, "Event dead-lettered.");
-            ack(delivery).await;
-            Outcome::DeadLetter { reason }
+impl Settler<'_> {
+    /// Carries out an outcome: the only place deliveries are acked,
+    /// dead-lettered, sent to retry or returned. Nothing is acked before what
+    /// it stands for is committed (rows) or confirmed by the broker (a dead
+    /// letter, a retry). Returns the outcome that took effect.
+    async fn settle(&self, delivery: &Delivery, outcome: Outcome) -> Outcome {
+        let settled = match outcome {
+            Outcome::Enriched
+            | Outcome::Unchanged
+            | Outcome::Skipped { .. }
+            | Outcome::NotFound => {
+                ack(delivery).await;
+                outcome
+            }
+            Outcome::DeadLetter { reason } => {
+                self.dead_letter(delivery, reason, delivery.attempts.max(1))
+                    .await
+            }
+            Outcome::Retry { reason } => self.retry_later(delivery, reason).await,
+            Outcome::Hold(pause) => {
+                requeue(delivery, pause.reason().to_owned()).await;
+                Outcome::Hold(pause)
+            }
+            Outcome::Crashed { panic } => {
+                tracing::error!(panic = %panic, "Processing the event panicked; returning it (the queue's delivery limit bounds repeats).");
+                requeue(delivery, panic.clone()).await;
+                Outcome::Crashed { panic }
+            }
+            Outcome::Requeued { reason } => requeue(delivery, reason).await,
+        };
+        tracing::debug!(outcome = ?settled, "Delivery settled.");
+        settled
+    }
+
+    async fn retry_later(&self, delivery: &Delivery, reason: String) -> Outcome {
+        let attempts = delivery.attempts.saturating_add(1);
+        if attempts >= self.retry.attempts {
+            let reason = format!("gave up after {attempts} attempts: {reason}");
+            return self.dead_letter(delivery, reason, attempts).await;
         }
-        Err(e) => requeue(delivery, format!("the dead-letter queue refused it: {e}")).await,
+        let delay = self.retry.delay(attempts - 1);
+        match self
+            .broker
+            .retry_later(delivery, attempts, delay, &reason)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(reason = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "Event failed for now; retrying later.");
+                ack(delivery).await;
+                Outcome::Retry { reason }
+            }
+            Err(e) => requeue(delivery, format!("the retry queue refused it: {e}")).await,
+        }
+    }
+
+    /// Publishes the dead letter, records it, then acks. A redelivery of an
+    /// event already dead-lettered (its ack was lost) is acked, not
+    /// published again. One window remains: a publish the broker took but
+    /// whose confirm was lost is published again on redelivery; the
+    /// `x-enricher-body-sha256` header lets readers of `.dead` drop it.
+    async fn dead_letter(&self, delivery: &Delivery, reason: String, attempts: u32) -> Outcome {
+        let digest = Sha256::digest(&delivery.body);
+        if delivery.redelivered
+            && self
+                .store
+                .dead_letter_recorded(&digest)
+                .await
+                .unwrap_or(false)
+        {
+            tracing::info!(reason = %reason, "Redelivery of an event already dead-lettered; acking it.");
+            ack(delivery).await;
+            return Outcome::DeadLetter { reason };
+        }
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        match self
+            .broker
+            .dead_letter(delivery, &reason, attempts, &hex)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(reason = %reason, "Event dead-lettered.");
+                if let Err(e) = self.store.record_dead_letter(&digest, &reason).await {
+                    tracing::warn!(error = %e, "Could not record the dead letter; a lost ack would duplicate it.");
+                }
+                ack(delivery).await;
+                Outcome::DeadLetter { reason }
+            }
+            Err(e) => requeue(delivery, format!("the dead-letter queue refused it: {e}")).await,
+        }
     }
 }
 

@@ -364,6 +364,24 @@ impl TestEnv {
         out
     }
 
+    /// Takes every message of a queue and returns the session ids of those
+    /// that are message events.
+    pub async fn take_session_ids(&self, queue: &str) -> Vec<i64> {
+        let mut ids = Vec::new();
+        while let Some(got) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            let body: Value = serde_json::from_slice(&got.delivery.data).unwrap_or(Value::Null);
+            if let Some(id) = body.pointer("/msg/session_id").and_then(Value::as_i64) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
     /// Declares a plain classic queue, as someone might by hand.
     pub async fn declare_classic_queue(&self, queue: &str) {
         self.channel

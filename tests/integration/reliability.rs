@@ -179,3 +179,41 @@ async fn a_message_that_keeps_crashing_the_worker_ends_in_the_dead_letter_queue(
     );
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_shutdown_past_its_deadline_exits_non_zero_and_leaves_the_work_in_the_queue() {
+    let env = TestEnv::new().await;
+    // The fetch hangs far longer than the 1 s shutdown deadline.
+    env.sim.fail_next_session_requests(std::iter::repeat_n(
+        Fault::Delay(Duration::from_secs(120)),
+        5,
+    ));
+    env.publish_json(&new_message_event(77)).await;
+    let requests = env.sim.stats().session_requests;
+    let mut child = env
+        .binary_run()
+        .env("ENRICHER_SHUTDOWN_TIMEOUT", "1")
+        .stderr(log_file(&env, "deadline"))
+        .spawn()
+        .expect("start the binary");
+    wait_until("the worker fetching", || async {
+        env.sim.stats().session_requests > requests
+    })
+    .await;
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10))
+        .await
+        .expect("it exits");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "past the deadline the exit is non-zero"
+    );
+    wait_until("the event back in the queue", || async {
+        env.queue_len(&env.queue).await == 1
+    })
+    .await;
+    assert_eq!(env.session_count().await, 0);
+    assert_eq!(env.queue_len(&env.dead_queue).await, 0);
+    env.finish().await;
+}

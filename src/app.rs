@@ -57,7 +57,10 @@ impl Plan {
                 store: args.store.settings()?,
                 broker: args.broker.settings()?,
                 pbx: args.pbx.settings()?,
-                worker: args.worker.settings(&args.pbx.yeastar_pbx_id)?,
+                worker: args.worker.settings(
+                    &args.pbx.yeastar_pbx_id,
+                    usize::from(args.pbx.pbx_concurrency),
+                )?,
                 migrate: !args.no_migrate,
             },
             Command::Migrate(store) => Plan::Migrate {

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::backoff::Backoff;
 use crate::broker::BrokerSettings;
 use crate::pbx::PbxSettings;
+use crate::pipeline::PipelineSettings;
 use crate::secret::Secret;
 use crate::session::SessionId;
 use crate::store::StoreSettings;
@@ -167,8 +168,8 @@ pub struct PbxArgs {
         default_value = "default"
     )]
     pub yeastar_pbx_id: String,
-    /// PBX calls in flight at once.
-    #[arg(long, env = "ENRICHER_PBX_CONCURRENCY", value_name = "ENRICHER_PBX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// PBX calls in flight at once (one fetcher each).
+    #[arg(long, env = "ENRICHER_PBX_CONCURRENCY", value_name = "ENRICHER_PBX_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub pbx_concurrency: u16,
     /// Timeout of one PBX request, in milliseconds.
     #[arg(long, env = "ENRICHER_PBX_TIMEOUT_MS", value_name = "ENRICHER_PBX_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
@@ -206,6 +207,13 @@ pub struct WorkerArgs {
     /// First wait in the retry queue, in milliseconds (doubles, jittered).
     #[arg(long, env = "ENRICHER_RETRY_DELAY_MS", value_name = "ENRICHER_RETRY_DELAY_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_delay_ms: u64,
+    /// Session answers written per database transaction, at most.
+    #[arg(long, env = "ENRICHER_BATCH_MAX", value_name = "ENRICHER_BATCH_MAX", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub batch_max: u32,
+    /// How long the first answer of a write batch waits for more, in
+    /// milliseconds.
+    #[arg(long, env = "ENRICHER_BATCH_LINGER_MS", value_name = "ENRICHER_BATCH_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub batch_linger_ms: u64,
     /// Longest wait in the retry queue, in milliseconds.
     #[arg(long, env = "ENRICHER_RETRY_MAX_DELAY_MS", value_name = "ENRICHER_RETRY_MAX_DELAY_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
@@ -409,7 +417,8 @@ fn required(
 }
 
 impl WorkerArgs {
-    pub fn settings(&self, pbx_id: &str) -> Result<WorkerSettings, ConfigError> {
+    /// The worker's settings; `fetchers` is the PBX concurrency cap.
+    pub fn settings(&self, pbx_id: &str, fetchers: usize) -> Result<WorkerSettings, ConfigError> {
         if self.event_types.is_empty() {
             return Err(invalid(
                 "ENRICHER_EVENT_TYPES",
@@ -430,6 +439,11 @@ impl WorkerArgs {
                 initial: Duration::from_millis(self.retry_delay_ms),
                 max: Duration::from_millis(self.retry_max_delay_ms),
                 attempts: self.retry_attempts,
+            },
+            pipeline: PipelineSettings {
+                fetchers,
+                batch_max: self.batch_max as usize,
+                batch_linger: Duration::from_millis(self.batch_linger_ms),
             },
             ..WorkerSettings::default()
         })

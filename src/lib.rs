@@ -12,6 +12,7 @@ pub mod enricher;
 pub mod event;
 pub mod outcome;
 pub mod pbx;
+pub mod pipeline;
 pub mod policy;
 pub mod report;
 pub mod secret;

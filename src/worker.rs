@@ -4,24 +4,22 @@
 //! graceful shutdown: stop consuming, finish in-flight work within the
 //! deadline, revoke the PBX token, close everything.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, BrokerSettings, Delivery};
-use crate::enricher::{Enricher, Enrichment};
-use crate::event::{self, Event, MessageEvent};
+use crate::enricher::Enricher;
+use crate::event::{self, Event};
 use crate::outcome::{Outcome, OutcomeCounts, Pause};
 use crate::pbx::PbxError;
-use crate::policy::{self, Action};
+use crate::pipeline::{Pending, Pipeline, PipelineSettings, Settle};
 use crate::status::WorkerStatus;
 use crate::store::Store;
 
@@ -39,6 +37,8 @@ pub struct WorkerSettings {
     pub retry: Backoff,
     /// In-process retries of a database write (the PBX is not asked again).
     pub store_retry: Backoff,
+    /// Coalescing, fetch concurrency and write batching.
+    pub pipeline: PipelineSettings,
     /// Waits between reconnects to the broker.
     pub reconnect: Backoff,
     /// Waits between probes of a database that made the worker pause.
@@ -69,6 +69,11 @@ impl Default for WorkerSettings {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(5),
                 attempts: 5,
+            },
+            pipeline: PipelineSettings {
+                fetchers: 16,
+                batch_max: 200,
+                batch_linger: Duration::from_millis(5),
             },
             reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
             database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
@@ -215,21 +220,31 @@ impl Worker {
         self.status.set_consuming(true);
         self.status.set_problem(None);
         tracing::info!(consumer = %tag, "Consuming.");
+        let settings = &self.shared.settings;
         let (pauses, mut paused) = mpsc::unbounded_channel::<Pause>();
-        let mut in_flight = JoinSet::new();
+        let pipeline = Pipeline::start(
+            settings.pipeline,
+            settings.store_retry,
+            Arc::clone(self.shared.enricher.pbx()),
+            self.shared.enricher.store().clone(),
+            settings.pbx_id.clone(),
+            self.settle_step(broker),
+            pauses,
+        );
         let end = loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break SessionEnd::Shutdown { drained: true },
                 Some(pause) = paused.recv() => break SessionEnd::Paused(pause),
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let shared = Arc::clone(&self.shared);
-                        let broker = Arc::clone(broker);
-                        let pauses = pauses.clone();
-                        in_flight.spawn(async move { process(&shared, &broker, delivery, &pauses).await });
-                    }
+                    Some(Ok(delivery)) => match event::parse(&delivery.body, &settings.handled_types) {
+                        Ok(Event::Message(message)) => pipeline.submit(delivery, message),
+                        Ok(Event::Ignored { event_type }) => pipeline.settle_directly(delivery, Outcome::Skipped { event_type }),
+                        Err(malformed) => {
+                            let reason = malformed.to_string();
+                            pipeline.settle_directly(delivery, Outcome::DeadLetter { reason });
+                        }
+                    },
                     Some(Err(e)) => break SessionEnd::BrokerLost(e.to_string()),
                     None => break SessionEnd::BrokerLost("the broker cancelled the consumer".into()),
                 },
@@ -241,26 +256,57 @@ impl Worker {
         }
         drop(deliveries);
         tracing::info!(
-            in_flight = in_flight.len(),
+            in_flight = pipeline.unsettled(),
             "Stopped consuming; settling in-flight work."
         );
-        let deadline = self.shared.settings.shutdown_timeout;
-        let drained = tokio::time::timeout(deadline, async {
-            while in_flight.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
+        let drained = tokio::time::timeout(settings.shutdown_timeout, pipeline.drain())
+            .await
+            .is_ok();
         if !drained {
-            // Aborting a task mid-transaction would return its connection to
-            // the pool inside the transaction (sqlx 0.9): the worker only
-            // does so on its way out, and the pool is closed right after.
-            in_flight.abort_all();
-            tracing::warn!("In-flight work did not finish in time; it will be redelivered.");
+            // Stopping a fetcher or the writer mid-transaction would return
+            // its connection to the pool inside the transaction (sqlx 0.9):
+            // the worker only does so on its way out, and the pool is closed
+            // right after.
+            tracing::warn!(
+                unsettled = pipeline.unsettled(),
+                "In-flight work did not finish in time; it will be redelivered."
+            );
         }
+        pipeline.stop();
         match end {
             SessionEnd::Shutdown { .. } => SessionEnd::Shutdown { drained },
             other => other,
         }
+    }
+
+    /// The step that settles each delivery the pipeline finishes: in the
+    /// event's span, through the one `Settler`, counted.
+    fn settle_step(&self, broker: &Arc<Broker>) -> Settle {
+        let broker = Arc::clone(broker);
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |pending: Pending, outcome: Outcome| {
+            let broker = Arc::clone(&broker);
+            let shared = Arc::clone(&shared);
+            async move {
+                let span = match &pending.event {
+                    Some(event) => tracing::info_span!("event", pbx = %shared.settings.pbx_id,
+                        session_id = event.session_id.get(), msg_id = event.msg_id.as_deref(),
+                        attempts = pending.delivery.attempts),
+                    None => tracing::info_span!("event", pbx = %shared.settings.pbx_id),
+                };
+                let settler = Settler {
+                    broker: &broker,
+                    store: shared.enricher.store(),
+                    retry: &shared.settings.retry,
+                };
+                let settled = settler
+                    .settle(&pending.delivery, outcome)
+                    .instrument(span)
+                    .await;
+                shared.counts.record(&settled);
+            }
+            .boxed()
+        })
     }
 
     /// Waits until the dependency that caused `pause` recovers, probing it
@@ -316,82 +362,6 @@ async fn sleep_unless(wait: Duration, shutdown: &CancellationToken) -> bool {
         () = tokio::time::sleep(wait) => true,
         () = shutdown.cancelled() => false,
     }
-}
-
-async fn process(
-    shared: &Shared,
-    broker: &Broker,
-    delivery: Delivery,
-    pauses: &mpsc::UnboundedSender<Pause>,
-) {
-    let message = match event::parse(&delivery.body, &shared.settings.handled_types) {
-        Ok(Event::Message(message)) => message,
-        Ok(Event::Ignored { event_type }) => {
-            return finish(shared, broker, &delivery, Outcome::Skipped { event_type }).await;
-        }
-        Err(malformed) => {
-            let outcome = Outcome::DeadLetter {
-                reason: malformed.to_string(),
-            };
-            return finish(shared, broker, &delivery, outcome).await;
-        }
-    };
-    let span = tracing::info_span!("event", pbx = %shared.settings.pbx_id, session_id = message.session_id.get(),
-        msg_id = message.msg_id.as_deref(), attempts = delivery.attempts);
-    async {
-        let outcome = AssertUnwindSafe(enrich(shared, &message))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Outcome::Crashed {
-                panic: panic_message(&*panic),
-            });
-        if let Outcome::Hold(pause) = &outcome {
-            // The loop may be gone already (shutdown); the hold stands anyway.
-            let _ = pauses.send(pause.clone());
-        }
-        finish(shared, broker, &delivery, outcome).await;
-    }
-    .instrument(span)
-    .await
-}
-
-async fn finish(shared: &Shared, broker: &Broker, delivery: &Delivery, outcome: Outcome) {
-    let settler = Settler {
-        broker,
-        store: shared.enricher.store(),
-        retry: &shared.settings.retry,
-    };
-    let settled = settler.settle(delivery, outcome).await;
-    shared.counts.record(&settled);
-}
-
-/// Enriches the event's session; every failure goes through the policy.
-async fn enrich(shared: &Shared, message: &MessageEvent) -> Outcome {
-    match shared.enricher.enrich(message.session_id).await {
-        Ok(Enrichment::Written) => Outcome::Enriched,
-        Ok(Enrichment::Stale) => Outcome::Unchanged,
-        Ok(Enrichment::Missing { marked }) => {
-            tracing::info!(marked_missing = marked, "Session not found on the PBX.");
-            Outcome::NotFound
-        }
-        Err(e) => match policy::classify(&e) {
-            Action::DeadLetter(reason) => Outcome::DeadLetter { reason },
-            Action::RetryLater(reason) => Outcome::Retry { reason },
-            Action::PausePbx(reason) => Outcome::Hold(Pause::Pbx {
-                reason,
-                session_id: message.session_id,
-            }),
-            Action::PauseDatabase(reason) => Outcome::Hold(Pause::Database { reason }),
-        },
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// What settling a delivery needs: the broker for acks and publishes, the

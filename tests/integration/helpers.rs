@@ -206,6 +206,11 @@ impl TestEnv {
             pbx_id: PBX.into(),
             shutdown_timeout: Duration::from_secs(10),
             store_retry: quick(3),
+            pipeline: session_enricher::pipeline::PipelineSettings {
+                fetchers: 8,
+                batch_max: 50,
+                batch_linger: Duration::from_millis(2),
+            },
             retry: Backoff {
                 initial: Duration::from_millis(50),
                 max: Duration::from_millis(200),

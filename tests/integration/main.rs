@@ -8,5 +8,6 @@ mod events;
 mod failures;
 mod helpers;
 mod pbx_client;
+mod pipeline;
 mod proxy;
 mod reliability;

@@ -47,6 +47,7 @@ pub enum Plan {
         store: StoreSettings,
         broker: BrokerSettings,
     },
+    Bench(crate::bench::BenchSettings),
 }
 
 impl Plan {
@@ -92,6 +93,20 @@ impl Plan {
                     },
                 }
             }
+            Command::Bench(args) => Plan::Bench(crate::bench::BenchSettings {
+                database_url: args.database_url,
+                amqp_url: args.amqp_url,
+                events: args.events.max(1),
+                sessions: args.sessions.max(1),
+                naive_events: args.naive_events.max(1),
+                rate: args.rate.max(1),
+                seconds: args.seconds.max(1),
+                latency: std::time::Duration::from_millis(args.latency_ms),
+                pbx_concurrency: usize::from(args.pbx_concurrency.max(1)),
+                prefetch: args.prefetch.max(1),
+                batch_max: args.batch_max.max(1) as usize,
+                db_writers: args.db_writers.max(1) as usize,
+            }),
             Command::Demo(args) => Plan::Demo {
                 store: args.store.settings()?,
                 broker: crate::config::broker_settings(&args.amqp_url, &args.queue, 50)?,
@@ -144,6 +159,7 @@ impl Plan {
                 Ok(ExitCode::SUCCESS)
             }
             Plan::Demo { store, broker } => demo::run(store, broker).await,
+            Plan::Bench(settings) => crate::bench::run(settings).await,
         }
     }
 }

@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -17,6 +17,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 pub const ERROR_HEADER: &str = "x-enricher-error";
 /// Header counting the attempts already made at a message.
 pub const ATTEMPT_HEADER: &str = "x-enricher-attempts";
+/// Header a producer may set: when it published the event, in Unix
+/// milliseconds (for the publish→commit lag).
+pub const PUBLISHED_AT_HEADER: &str = "x-published-at-ms";
 /// Header on dead letters: the SHA-256 (hex) of the body, a stable key for
 /// dropping the rare duplicate (a publish whose confirm was lost).
 pub const DIGEST_HEADER: &str = "x-enricher-body-sha256";
@@ -106,6 +109,9 @@ pub struct Delivery {
     /// Attempts already made at this message (the `x-enricher-attempts`
     /// header it came back from the retry queue with; 0 when fresh).
     pub attempts: u32,
+    /// When the producer published it: the `x-published-at-ms` header, or
+    /// the AMQP `timestamp` property (seconds), if either is set.
+    pub published_at_ms: Option<i64>,
     properties: BasicProperties,
     acker: lapin::Acker,
 }
@@ -274,6 +280,12 @@ impl Broker {
         Ok(consumer.map(|delivery| {
             delivery.map_err(failed("receiving")).map(|d| Delivery {
                 attempts: header_u32(&d.properties, ATTEMPT_HEADER),
+                published_at_ms: header_i64(&d.properties, PUBLISHED_AT_HEADER).or_else(|| {
+                    d.properties
+                        .timestamp()
+                        .and_then(|t| i64::try_from(t).ok())
+                        .map(|s| s * 1000)
+                }),
                 body: d.data,
                 redelivered: d.redelivered,
                 properties: d.properties,
@@ -393,6 +405,88 @@ impl Broker {
         Ok(declared.message_count())
     }
 
+    /// Publishes many persistent messages to a queue, pipelined, waiting for
+    /// the broker's confirms every `window` messages (bench preloads).
+    pub async fn publish_many(
+        &self,
+        queue: &str,
+        bodies: impl IntoIterator<Item = Vec<u8>>,
+        window: usize,
+    ) -> Result<u64, BrokerError> {
+        let mut pending = Vec::with_capacity(window);
+        let mut published = 0;
+        for body in bodies {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(ShortString::from("application/json"));
+            let confirm = self
+                .publish
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(queue),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(failed("publishing"))?;
+            pending.push(confirm);
+            published += 1;
+            if pending.len() >= window {
+                confirm_all(&mut pending).await?;
+            }
+        }
+        confirm_all(&mut pending).await?;
+        Ok(published)
+    }
+
+    /// Publishes one message stamped with `x-published-at-ms` = now, and
+    /// waits for its confirm (bench latency runs).
+    pub async fn publish_stamped(&self, queue: &str, body: &[u8]) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(PUBLISHED_AT_HEADER),
+            AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        self.publish_confirmed(queue, body, properties).await
+    }
+
+    /// Consumes `count` deliveries from the work queue and acks each, doing
+    /// nothing else: the broker's own limit (bench ceiling).
+    pub async fn consume_and_ack(&self, consumer_tag: &str, count: u64) -> Result<(), BrokerError> {
+        let mut deliveries = self.consume(consumer_tag).await?;
+        for _ in 0..count {
+            match deliveries.next().await {
+                Some(delivery) => {
+                    delivery?.ack().await?;
+                }
+                None => return Err(refused("consuming", "the consumer ended early".into())),
+            }
+        }
+        self.cancel(consumer_tag).await
+    }
+
+    /// Deletes the work queue, `.retry` and `.dead` (benchmark cleanup).
+    pub async fn delete_queues(&self) -> Result<(), BrokerError> {
+        for queue in [
+            self.settings.queue.clone(),
+            self.settings.retry_queue(),
+            self.settings.dead_letter_queue(),
+        ] {
+            self.publish
+                .queue_delete(
+                    ShortString::from(queue.as_str()),
+                    QueueDeleteOptions::default(),
+                )
+                .await
+                .map_err(failed("deleting a queue"))?;
+        }
+        Ok(())
+    }
+
     /// Empties a queue (the demo starts from a clean slate).
     pub async fn purge(&self, queue: &str) -> Result<u32, BrokerError> {
         self.publish
@@ -468,14 +562,15 @@ fn annotated(delivery: &Delivery, reason: &str, attempts: u32) -> BasicPropertie
 
 /// An integer header as a `u32`, 0 when absent or not a usable integer.
 fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
-    let Some(value) = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(name))
-    else {
-        return 0;
-    };
-    let number = match value {
+    header_i64(properties, name)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// An integer header, if present as an integer.
+fn header_i64(properties: &BasicProperties, name: &str) -> Option<i64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    Some(match value {
         AMQPValue::ShortShortInt(v) => i64::from(*v),
         AMQPValue::ShortShortUInt(v) => i64::from(*v),
         AMQPValue::ShortInt(v) => i64::from(*v),
@@ -483,7 +578,23 @@ fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
         AMQPValue::LongInt(v) => i64::from(*v),
         AMQPValue::LongUInt(v) => i64::from(*v),
         AMQPValue::LongLongInt(v) => *v,
-        _ => 0,
-    };
-    u32::try_from(number).unwrap_or(0)
+        AMQPValue::Timestamp(v) => i64::try_from(*v).ok()?,
+        _ => return None,
+    })
+}
+
+async fn confirm_all(pending: &mut Vec<lapin::PublisherConfirm>) -> Result<(), BrokerError> {
+    for confirm in pending.drain(..) {
+        if confirm
+            .await
+            .map_err(failed("waiting for a publisher confirm"))?
+            .is_nack()
+        {
+            return Err(refused(
+                "publishing",
+                "the broker refused a message (nack)".into(),
+            ));
+        }
+    }
+    Ok(())
 }

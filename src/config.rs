@@ -50,6 +50,63 @@ pub enum Command {
     /// Show events becoming rows: simulator, worker and sample events on the
     /// local RabbitMQ and Postgres.
     Demo(DemoArgs),
+    /// Measure throughput, PBX calls, memory and latency on the local
+    /// RabbitMQ and Postgres with the simulator in-process (see
+    /// BENCHMARKS.md).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Postgres server; the bench (re)creates database
+    /// `session_enricher_bench` there.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// RabbitMQ connection URL (the bench uses queues of its own).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        value_name = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Events in the ceiling and worker runs.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Distinct sessions in the worker run (the events come in bursts).
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: u64,
+    /// Events in the naive run.
+    #[arg(long, default_value_t = 500)]
+    pub naive_events: u64,
+    /// Events per second in the latency run.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// The simulated PBX's latency per call, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+    /// PBX calls in flight (ENRICHER_PBX_CONCURRENCY).
+    #[arg(long, default_value_t = 64)]
+    pub pbx_concurrency: u16,
+    /// Prefetch (ENRICHER_PREFETCH).
+    #[arg(long, default_value_t = 300)]
+    pub prefetch: u16,
+    /// Answers per write transaction (ENRICHER_BATCH_MAX).
+    #[arg(long, default_value_t = 200)]
+    pub batch_max: u32,
+    /// Write transactions in flight (ENRICHER_DB_WRITERS).
+    #[arg(long, default_value_t = 4)]
+    pub db_writers: u32,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +271,9 @@ pub struct WorkerArgs {
     /// milliseconds.
     #[arg(long, env = "ENRICHER_BATCH_LINGER_MS", value_name = "ENRICHER_BATCH_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub batch_linger_ms: u64,
+    /// Write transactions in flight at once (each a batch).
+    #[arg(long, env = "ENRICHER_DB_WRITERS", value_name = "ENRICHER_DB_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub db_writers: u32,
     /// Longest wait in the retry queue, in milliseconds.
     #[arg(long, env = "ENRICHER_RETRY_MAX_DELAY_MS", value_name = "ENRICHER_RETRY_MAX_DELAY_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
@@ -444,6 +504,7 @@ impl WorkerArgs {
                 fetchers,
                 batch_max: self.batch_max as usize,
                 batch_linger: Duration::from_millis(self.batch_linger_ms),
+                writers: self.db_writers as usize,
             },
             ..WorkerSettings::default()
         })

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod demo;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         }
     };
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => "info,lapin=warn,sqlx=warn",
     };
     let plan = match Plan::from_command(cli.command) {

@@ -51,9 +51,11 @@ pub enum Outcome {
     Requeued { reason: String },
 }
 
-/// Deliveries settled, per outcome.
+/// Deliveries settled, per outcome, and the publish→commit lag of those
+/// that carried their publish time.
 #[derive(Debug, Default)]
 pub struct OutcomeCounts {
+    pub lag: LagHistogram,
     enriched: AtomicU64,
     unchanged: AtomicU64,
     skipped: AtomicU64,
@@ -117,5 +119,78 @@ impl OutcomeCounts {
             crashed: get(&self.crashed),
             requeued: get(&self.requeued),
         }
+    }
+}
+
+/// Milliseconds from publish to commit, in 1 ms buckets up to a minute (one
+/// more for anything longer).
+#[derive(Debug)]
+pub struct LagHistogram {
+    buckets: Vec<AtomicU64>,
+    max_ms: AtomicU64,
+}
+
+const LAG_BUCKETS: usize = 60_001;
+
+impl Default for LagHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..=LAG_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            max_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LagHistogram {
+    pub fn record(&self, lag_ms: u64) {
+        let bucket = usize::try_from(lag_ms)
+            .unwrap_or(LAG_BUCKETS)
+            .min(LAG_BUCKETS);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.max_ms.fetch_max(lag_ms, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The lag at quantile `q` (0 to 1), in milliseconds, if any was recorded.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Some(ms as u64);
+            }
+        }
+        Some(self.max_ms())
+    }
+
+    pub fn max_ms(&self) -> u64 {
+        self.max_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_quantiles_come_from_the_recorded_values() {
+        let h = LagHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for ms in 1..=100 {
+            h.record(ms);
+        }
+        h.record(70_000);
+        assert_eq!(h.quantile(0.5), Some(51));
+        assert_eq!(h.quantile(0.99), Some(100));
+        assert_eq!(h.max_ms(), 70_000);
+        assert_eq!(h.count(), 101);
     }
 }

@@ -38,6 +38,10 @@ pub struct PipelineSettings {
     pub batch_max: usize,
     /// How long the first answer of a batch waits for more.
     pub batch_linger: Duration,
+    /// Write transactions in flight at once: a batch need not wait for the
+    /// previous one's commit (rows are locked in key order, so concurrent
+    /// batches cannot deadlock on them).
+    pub writers: usize,
 }
 
 /// A delivery taken from the queue and not yet settled, with its message
@@ -140,22 +144,26 @@ impl Pipeline {
         }
     }
 
-    /// Hands over a message event; it is settled when a fetch that starts
-    /// after now has been committed.
-    pub fn submit(&self, delivery: Delivery, event: MessageEvent) {
-        self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
-        let id = event.session_id;
-        let pending = Pending {
-            delivery,
-            event: Some(event),
-        };
+    /// Hands over message events that arrived together; each is settled
+    /// when a fetch that starts after now has been committed. Taken under
+    /// one lock, so a burst that arrived together rides on one fetch.
+    pub fn submit(&self, events: Vec<(Delivery, MessageEvent)>) {
+        self.shared
+            .unsettled
+            .fetch_add(events.len(), Ordering::AcqRel);
         let mut slots = self.shared.slots();
-        let slot = slots.entry(id).or_default();
-        slot.waiting.push(pending);
-        if !slot.queued && !slot.fetching {
-            slot.queued = true;
-            // The receiver lives as long as the fetchers, i.e. as `self`.
-            let _ = self.shared.jobs.send(id);
+        for (delivery, event) in events {
+            let id = event.session_id;
+            let slot = slots.entry(id).or_default();
+            slot.waiting.push(Pending {
+                delivery,
+                event: Some(event),
+            });
+            if !slot.queued && !slot.fetching {
+                slot.queued = true;
+                // The receiver lives as long as the fetchers, i.e. as `self`.
+                let _ = self.shared.jobs.send(id);
+            }
         }
     }
 
@@ -299,12 +307,16 @@ async fn writer(
     finish: Finish,
     pauses: mpsc::UnboundedSender<Pause>,
 ) {
-    let mut batch: Vec<Fetched> = Vec::with_capacity(settings.batch_max);
+    let store = Arc::new(store);
+    let pbx_id: Arc<str> = pbx_id.into();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.writers.max(1)));
+    let mut writes = JoinSet::new();
     loop {
         // Block for the first answer, then gather more for up to the linger.
         let Some(first) = queue.recv().await else {
-            return;
+            break;
         };
+        let mut batch = Vec::with_capacity(settings.batch_max);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + settings.batch_linger;
         while batch.len() < settings.batch_max {
@@ -313,16 +325,22 @@ async fn writer(
                 Ok(None) | Err(_) => break,
             }
         }
-        write(
-            &store_retry,
-            &store,
-            &pbx_id,
-            std::mem::take(&mut batch),
-            &finish,
-            &pauses,
-        )
-        .await;
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let (store, pbx_id, finish, pauses) = (
+            Arc::clone(&store),
+            Arc::clone(&pbx_id),
+            Arc::clone(&finish),
+            pauses.clone(),
+        );
+        writes.spawn(async move {
+            write(&store_retry, &store, &pbx_id, batch, &finish, &pauses).await;
+            drop(permit);
+        });
+        while writes.try_join_next().is_some() {}
     }
+    while writes.join_next().await.is_some() {}
 }
 
 /// Writes one batch and settles its deliveries by what each answer became.

@@ -74,6 +74,7 @@ impl Default for WorkerSettings {
                 fetchers: 16,
                 batch_max: 200,
                 batch_linger: Duration::from_millis(5),
+                writers: 4,
             },
             reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
             database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
@@ -237,14 +238,37 @@ impl Worker {
                 () = shutdown.cancelled() => break SessionEnd::Shutdown { drained: true },
                 Some(pause) = paused.recv() => break SessionEnd::Paused(pause),
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => match event::parse(&delivery.body, &settings.handled_types) {
-                        Ok(Event::Message(message)) => pipeline.submit(delivery, message),
-                        Ok(Event::Ignored { event_type }) => pipeline.settle_directly(delivery, Outcome::Skipped { event_type }),
-                        Err(malformed) => {
-                            let reason = malformed.to_string();
-                            pipeline.settle_directly(delivery, Outcome::DeadLetter { reason });
+                    Some(Ok(first)) => {
+                        // Take whatever else has arrived already (no waiting),
+                        // so events that came together are handed over together.
+                        let mut arrived = vec![first];
+                        let mut lost = None;
+                        while arrived.len() < 512 && lost.is_none() {
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(more))) => arrived.push(more),
+                                Some(Some(Err(e))) => lost = Some(e.to_string()),
+                                Some(None) => lost = Some("the broker cancelled the consumer".to_owned()),
+                                None => break,
+                            }
                         }
-                    },
+                        let mut messages = Vec::with_capacity(arrived.len());
+                        for delivery in arrived {
+                            match event::parse(&delivery.body, &settings.handled_types) {
+                                Ok(Event::Message(message)) => messages.push((delivery, message)),
+                                Ok(Event::Ignored { event_type }) => {
+                                    pipeline.settle_directly(delivery, Outcome::Skipped { event_type });
+                                }
+                                Err(malformed) => {
+                                    let reason = malformed.to_string();
+                                    pipeline.settle_directly(delivery, Outcome::DeadLetter { reason });
+                                }
+                            }
+                        }
+                        pipeline.submit(messages);
+                        if let Some(why) = lost {
+                            break SessionEnd::BrokerLost(why);
+                        }
+                    }
                     Some(Err(e)) => break SessionEnd::BrokerLost(e.to_string()),
                     None => break SessionEnd::BrokerLost("the broker cancelled the consumer".into()),
                 },
@@ -303,6 +327,14 @@ impl Worker {
                     .settle(&pending.delivery, outcome)
                     .instrument(span)
                     .await;
+                if matches!(settled, Outcome::Enriched | Outcome::Unchanged)
+                    && let Some(published_at) = pending.delivery.published_at_ms
+                {
+                    let lag = chrono::Utc::now()
+                        .timestamp_millis()
+                        .saturating_sub(published_at);
+                    shared.counts.lag.record(u64::try_from(lag).unwrap_or(0));
+                }
                 shared.counts.record(&settled);
             }
             .boxed()

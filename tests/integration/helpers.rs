@@ -210,6 +210,7 @@ impl TestEnv {
                 fetchers: 8,
                 batch_max: 50,
                 batch_linger: Duration::from_millis(2),
+                writers: 2,
             },
             retry: Backoff {
                 initial: Duration::from_millis(50),

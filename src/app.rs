@@ -1,8 +1,10 @@
 //! The commands: turns validated configuration into running parts (store,
 //! PBX client, broker, worker) and runs one command to its exit code.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -10,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Command, ConfigError};
 use crate::enricher::{Enricher, Enrichment};
+use crate::health::{self, HealthServer, ReadinessChecks};
 use crate::outcome::OutcomeCounts;
-use crate::pbx::{PbxClient, PbxSettings};
+use crate::pbx::{PbxClient, PbxError, PbxSettings};
+use crate::readiness::Readiness;
 use crate::session::SessionId;
 use crate::simulator::{Simulator, SimulatorSettings};
 use crate::store::{Store, StoreSettings};
@@ -19,12 +23,17 @@ use crate::worker::{Worker, WorkerSettings};
 use crate::{demo, report};
 
 /// A command with its configuration validated; nothing connected yet.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one Plan per process; boxing buys nothing"
+)]
 pub enum Plan {
     Run {
         store: StoreSettings,
         broker: BrokerSettings,
         pbx: PbxSettings,
         worker: WorkerSettings,
+        http_addr: SocketAddr,
         migrate: bool,
     },
     Migrate {
@@ -45,6 +54,10 @@ pub enum Plan {
         store: StoreSettings,
         broker: BrokerSettings,
     },
+    Healthcheck {
+        addr: SocketAddr,
+        path: String,
+    },
 }
 
 impl Plan {
@@ -56,6 +69,7 @@ impl Plan {
                 broker: args.broker.settings()?,
                 pbx: args.pbx.settings()?,
                 worker: args.worker.settings(&args.pbx.yeastar_pbx_id)?,
+                http_addr: args.http.http_addr,
                 migrate: !args.no_migrate,
             },
             Command::Migrate(store) => Plan::Migrate {
@@ -91,6 +105,10 @@ impl Plan {
                 store: args.store.settings()?,
                 broker: crate::config::broker_settings(&args.amqp_url, &args.queue, 50)?,
             },
+            Command::Healthcheck(args) => Plan::Healthcheck {
+                addr: args.http.http_addr,
+                path: args.path,
+            },
         })
     }
 
@@ -102,20 +120,9 @@ impl Plan {
                 broker,
                 pbx,
                 worker,
+                http_addr,
                 migrate,
-            } => {
-                let store = open_store(&store, migrate).await?;
-                let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-                let broker = Broker::connect(broker)
-                    .await
-                    .context("connecting to RabbitMQ")?;
-                let enricher = Enricher::new(pbx, store, worker.pbx_id.clone(), worker.store_retry);
-                Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()))
-                    .run(shutdown)
-                    .await?;
-                tracing::info!("Stopped.");
-                Ok(ExitCode::SUCCESS)
-            }
+            } => run(store, broker, pbx, worker, http_addr, migrate, shutdown).await,
             Plan::Migrate { store } => {
                 let store = open_store(&store, true).await?;
                 store.close().await;
@@ -142,6 +149,83 @@ impl Plan {
                 Ok(ExitCode::SUCCESS)
             }
             Plan::Demo { store, broker } => demo::run(store, broker).await,
+            Plan::Healthcheck { addr, path } => {
+                match health::probe(addr, &path, Duration::from_secs(3)).await {
+                    Ok(200) => Ok(ExitCode::SUCCESS),
+                    Ok(status) => {
+                        eprintln!("{path}: HTTP {status}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                    Err(e) => {
+                        eprintln!("{path}: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The worker: the health endpoint first (so probes answer while starting),
+/// then the database, a PBX login (so refused credentials show in `/readyz`
+/// and the log before the first event), the broker, and the consume loop
+/// until `shutdown`.
+async fn run(
+    store: StoreSettings,
+    broker: BrokerSettings,
+    pbx: PbxSettings,
+    worker: WorkerSettings,
+    http_addr: SocketAddr,
+    migrate: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let readiness = Arc::new(Readiness::default());
+    let store = Store::connect_lazy(&store).context("DATABASE_URL")?;
+    let health = HealthServer::start(
+        http_addr,
+        ReadinessChecks {
+            readiness: Arc::clone(&readiness),
+            store: store.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("ENRICHER_HTTP_ADDR: listening on {http_addr}"))?;
+    let result = async {
+        if migrate {
+            store.migrate().await.context("applying migrations")?;
+        }
+        let pbx =
+            PbxClient::new(pbx, Arc::clone(&readiness)).context("setting up the PBX client")?;
+        log_in_at_start(&pbx).await;
+        let broker = Broker::connect(broker)
+            .await
+            .context("connecting to RabbitMQ")?;
+        let enricher = Enricher::new(pbx, store, worker.pbx_id.clone(), worker.store_retry);
+        let counts = Arc::new(OutcomeCounts::default());
+        Worker::new(broker, enricher, worker, counts, readiness)
+            .run(shutdown)
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    health.stop().await;
+    result?;
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs in to the PBX once before consuming. A refusal is not fatal: a
+/// restart loop would spend the PBX's 5 tries before it blocks this IP.
+/// The worker starts anyway, holds what it cannot process, and `/readyz`
+/// says why; the token cache's login guard spaces any further tries.
+async fn log_in_at_start(pbx: &PbxClient) {
+    match pbx.log_in().await {
+        Ok(()) => tracing::info!("Logged in to the PBX."),
+        Err(e @ PbxError::Configuration { .. }) => {
+            tracing::error!(error = %e, "The PBX refused this worker's configuration; starting anyway, not ready.");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not log in to the PBX yet; the first event will try again.");
         }
     }
 }
@@ -162,7 +246,7 @@ async fn enrich(
     migrate: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store(&store, migrate).await?;
-    let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
+    let pbx = PbxClient::new(pbx, Arc::default()).context("setting up the PBX client")?;
     let enricher = Enricher::new(
         pbx,
         store.clone(),

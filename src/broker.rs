@@ -71,6 +71,8 @@ pub struct Broker {
 pub struct Delivery {
     pub body: Vec<u8>,
     pub redelivered: bool,
+    /// The AMQP `timestamp` property: when the publisher says it published.
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
     properties: BasicProperties,
     acker: lapin::Acker,
 }
@@ -195,6 +197,8 @@ impl Broker {
             delivery.map_err(failed("receiving")).map(|d| Delivery {
                 body: d.data,
                 redelivered: d.redelivered,
+                published_at: (*d.properties.timestamp())
+                    .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0)),
                 properties: d.properties,
                 acker: d.acker,
             })

@@ -15,8 +15,10 @@ use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, Delivery};
 use crate::enricher::{EnrichError, Enricher, Enrichment};
 use crate::event::{self, Event};
+use crate::metrics;
 use crate::outcome::{Outcome, OutcomeCounts};
 use crate::pbx::PbxError;
+use crate::readiness::Readiness;
 use crate::store::StoreError;
 
 /// How the worker treats deliveries.
@@ -50,6 +52,7 @@ struct Context {
     enricher: Enricher,
     settings: WorkerSettings,
     counts: Arc<OutcomeCounts>,
+    readiness: Arc<Readiness>,
 }
 
 pub struct Worker {
@@ -62,6 +65,7 @@ impl Worker {
         enricher: Enricher,
         settings: WorkerSettings,
         counts: Arc<OutcomeCounts>,
+        readiness: Arc<Readiness>,
     ) -> Self {
         Self {
             context: Arc::new(Context {
@@ -69,6 +73,7 @@ impl Worker {
                 enricher,
                 settings,
                 counts,
+                readiness,
             }),
         }
     }
@@ -85,6 +90,7 @@ impl Worker {
             rand::random::<u32>()
         );
         let result = consume(&ctx, &tag, &shutdown).await;
+        ctx.readiness.set_consuming(false);
         let (result, mut in_flight) = match result {
             Ok(tasks) => (Ok(()), tasks),
             Err((e, tasks)) => (Err(e), tasks),
@@ -133,6 +139,7 @@ async fn consume(
         Err(e) => return Err((e.into(), in_flight)),
     };
     tracing::info!(queue = tag, "Consuming.");
+    ctx.readiness.set_consuming(true);
     loop {
         tokio::select! {
             biased;
@@ -160,9 +167,11 @@ fn report_panic(joined: Result<(), tokio::task::JoinError>) {
 }
 
 async fn process(ctx: &Context, delivery: Delivery, shutdown: &CancellationToken) {
+    let _in_flight = metrics::get().event_in_flight();
     let outcome = decide(ctx, &delivery, shutdown).await;
     let settled = settle(&ctx.broker, &delivery, outcome).await;
     ctx.counts.record(&settled);
+    metrics::get().event_settled(&settled, delivery.published_at);
 }
 
 /// Decides what to do with one delivery: parse it, then enrich its session.

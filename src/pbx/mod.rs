@@ -5,8 +5,10 @@
 
 mod api;
 mod error;
+mod observe;
 mod token;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,6 +18,7 @@ pub use error::PbxError;
 pub use token::TokenEvents;
 
 use crate::backoff::Backoff;
+use crate::readiness::Readiness;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::{Api, CallError};
@@ -49,7 +52,8 @@ pub struct PbxClient {
 }
 
 impl PbxClient {
-    pub fn new(settings: PbxSettings) -> Result<Self, PbxError> {
+    /// `readiness` hears whether the PBX grants or refuses tokens.
+    pub fn new(settings: PbxSettings, readiness: Arc<Readiness>) -> Result<Self, PbxError> {
         Ok(Self {
             api: Api::new(
                 &settings.base_url,
@@ -60,6 +64,7 @@ impl PbxClient {
                 settings.client_id,
                 settings.client_secret,
                 settings.login_retry_min,
+                readiness,
             ),
             token_events: TokenCounter::default(),
             in_flight: Semaphore::new(settings.concurrency.max(1)),
@@ -91,6 +96,7 @@ impl PbxClient {
             .acquire()
             .await
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
+        let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self
             .tokens
             .access_token(&self.api, &self.token_events)
@@ -137,6 +143,15 @@ impl PbxClient {
                 Err(e) => tracing::warn!(error = %e, "Could not revoke the PBX access token."),
             }
         }
+    }
+
+    /// Obtains a token now unless a valid one is held: at start, so refused
+    /// credentials show before the first event.
+    pub async fn log_in(&self) -> Result<(), PbxError> {
+        self.tokens
+            .access_token(&self.api, &self.token_events)
+            .await
+            .map(drop)
     }
 
     /// Whether a valid token is held now (for readiness).

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 
 use super::PbxError;
 use super::api::{Api, TokenPair};
+use crate::readiness::Readiness;
 use crate::secret::Secret;
 
 /// Refused logins in a row after which this process stops trying: the PBX
@@ -20,6 +21,8 @@ pub(crate) struct TokenCache {
     client_secret: Secret,
     /// The shortest wait after a refused login; doubles with each refusal.
     login_retry_min: Duration,
+    /// Told when the PBX grants or refuses a token.
+    readiness: std::sync::Arc<Readiness>,
     state: Mutex<TokenState>,
 }
 
@@ -41,11 +44,17 @@ pub struct TokenEvents {
 }
 
 impl TokenCache {
-    pub fn new(client_id: String, client_secret: Secret, login_retry_min: Duration) -> Self {
+    pub fn new(
+        client_id: String,
+        client_secret: Secret,
+        login_retry_min: Duration,
+        readiness: std::sync::Arc<Readiness>,
+    ) -> Self {
         Self {
             client_id,
             client_secret,
             login_retry_min,
+            readiness,
             state: Mutex::new(TokenState::default()),
         }
     }
@@ -67,6 +76,7 @@ impl TokenCache {
             match api.refresh_token(&old.refresh).await {
                 Ok(fresh) => {
                     events.refreshed();
+                    self.readiness.pbx_granted();
                     tracing::debug!("PBX access token refreshed.");
                     let access = fresh.access.clone();
                     state.token = Some(fresh);
@@ -136,6 +146,7 @@ impl TokenCache {
                     tracing::info!("PBX login accepted again.");
                 }
                 state.refused_logins = 0;
+                self.readiness.pbx_granted();
                 state.next_login_at = None;
                 state.last_refusal = None;
                 let access = token.access.clone();
@@ -160,6 +171,7 @@ impl TokenCache {
                         "PBX login refused.");
                 }
                 state.last_refusal = Some(refused.clone());
+                self.readiness.pbx_refused(&refused);
                 Err(refused)
             }
         }

@@ -183,7 +183,7 @@ impl TestEnv {
 
     pub fn enricher(&self) -> Enricher {
         Enricher::new(
-            PbxClient::new(self.pbx_settings()).unwrap(),
+            PbxClient::new(self.pbx_settings(), Arc::default()).unwrap(),
             self.store(),
             PBX.into(),
             self.worker_settings().store_retry,
@@ -201,7 +201,13 @@ impl TestEnv {
             .expect("worker connects to RabbitMQ");
         let counts = Arc::new(OutcomeCounts::default());
         let stop = CancellationToken::new();
-        let worker = Worker::new(broker, self.enricher(), settings, Arc::clone(&counts));
+        let worker = Worker::new(
+            broker,
+            self.enricher(),
+            settings,
+            Arc::clone(&counts),
+            Arc::default(),
+        );
         let handle = tokio::spawn(worker.run(stop.clone()));
         RunningWorker {
             counts,

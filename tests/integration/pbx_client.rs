@@ -125,7 +125,7 @@ async fn a_refused_login_holds_the_event_and_does_not_retry_the_login_at_once() 
     let counts = std::sync::Arc::new(session_enricher::outcome::OutcomeCounts::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let enricher = session_enricher::enricher::Enricher::new(
-        session_enricher::pbx::PbxClient::new(pbx).unwrap(),
+        session_enricher::pbx::PbxClient::new(pbx, Default::default()).unwrap(),
         env.store(),
         crate::helpers::PBX.into(),
         env.worker_settings().store_retry,
@@ -135,6 +135,7 @@ async fn a_refused_login_holds_the_event_and_does_not_retry_the_login_at_once() 
         enricher,
         env.worker_settings(),
         counts.clone(),
+        Default::default(),
     );
     let running = tokio::spawn(worker.run(stop.clone()));
     for id in 1..=5 {

@@ -206,9 +206,23 @@ impl Metrics {
             db_commit_duration: Family::new_with_constructor(db_latency_buckets),
             broker_reconnects: Counter::default(),
         };
-        // Every outcome exists from the start, so `increase()` sees the first one.
+        // Series with a fixed label set exist from the start, at zero, so
+        // `increase()` sees their first event and dashboards show them.
         for &outcome in EventOutcome::ALL {
             let _ = metrics.events.get_or_create(&OutcomeLabels { outcome });
+        }
+        for &endpoint in PbxEndpoint::ALL {
+            let _ = metrics
+                .pbx_request_duration
+                .get_or_create(&EndpointLabels { endpoint });
+        }
+        for &write in DbWrite::ALL {
+            let _ = metrics
+                .db_commit_duration
+                .get_or_create(&DbWriteLabels { write });
+        }
+        for &since in LagSince::ALL {
+            let _ = metrics.event_lag.get_or_create(&LagLabels { since });
         }
         metrics.register()
     }
@@ -217,60 +231,60 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "enricher_events",
-            "Deliveries settled, by outcome (enriched, unchanged, skipped, not_found, dead_lettered, retried = requeued, abandoned = left unacked at shutdown).",
+            "Deliveries settled, by outcome (enriched, unchanged, skipped, not_found, dead_lettered, retried = requeued, abandoned = left unacked at shutdown)",
             self.events.clone(),
         );
         r.register(
             "enricher_events_in_flight",
-            "Deliveries taken from the queue and not yet settled.",
+            "Deliveries taken from the queue and not yet settled",
             self.events_in_flight.clone(),
         );
         r.register(
             "enricher_events_coalesced",
-            "Events folded into a fetch already pending for the same session.",
+            "Events folded into a fetch already pending for the same session",
             self.events_coalesced.clone(),
         );
         r.register_with_unit(
             "enricher_event_commit_lag",
-            "From when an event was published (AMQP timestamp property) to when its session was committed.",
+            "From when an event was published (AMQP timestamp property) to when its session was committed",
             Unit::Seconds,
             self.event_lag.clone(),
         );
         r.register(
             "enricher_pbx_requests",
-            "Requests to the PBX API, by endpoint and result class.",
+            "Requests to the PBX API, by endpoint and result class",
             self.pbx_requests.clone(),
         );
         r.register_with_unit(
             "enricher_pbx_request_duration",
-            "Duration of one PBX API request, by endpoint.",
+            "Duration of one PBX API request, by endpoint",
             Unit::Seconds,
             self.pbx_request_duration.clone(),
         );
         r.register(
             "enricher_pbx_token_renewals",
-            "Access tokens obtained or refused, by method (login, refresh) and result class.",
+            "Access tokens obtained or refused, by method (login, refresh) and result class",
             self.pbx_token_renewals.clone(),
         );
         r.register(
             "enricher_pbx_fetches_in_flight",
-            "message_session/get calls in flight (bounded by ENRICHER_PBX_CONCURRENCY).",
+            "message_session/get calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
             self.pbx_fetches_in_flight.clone(),
         );
         r.register(
             "enricher_db_batch_size",
-            "Sessions written per database transaction.",
+            "Sessions written per database transaction",
             self.db_batch_size.clone(),
         );
         r.register_with_unit(
             "enricher_db_commit_duration",
-            "From BEGIN to COMMIT of one write transaction, by kind of write.",
+            "From BEGIN to COMMIT of one write transaction, by kind of write",
             Unit::Seconds,
             self.db_commit_duration.clone(),
         );
         r.register(
             "enricher_broker_reconnects",
-            "Times the connection to RabbitMQ was re-established.",
+            "Times the connection to RabbitMQ was re-established",
             self.broker_reconnects.clone(),
         );
         self
@@ -416,9 +430,7 @@ mod tests {
             "enricher_events_in_flight",
             "enricher_events_coalesced",
             "enricher_event_commit_lag_seconds",
-            "enricher_pbx_requests",
             "enricher_pbx_request_duration_seconds",
-            "enricher_pbx_token_renewals",
             "enricher_pbx_fetches_in_flight",
             "enricher_db_batch_size",
             "enricher_db_commit_duration_seconds",
@@ -432,6 +444,7 @@ mod tests {
         assert!(text.contains("enricher_events_total{outcome=\"dead_lettered\"} 0"));
         assert!(text.contains("enricher_broker_reconnects_total 0"));
         assert!(text.ends_with("# EOF\n"));
+        assert!(!text.contains("..\n"), "help texts end without a period");
     }
 
     #[test]
@@ -454,6 +467,8 @@ mod tests {
         assert!(text.contains(
             "enricher_pbx_token_renewals_total{method=\"login\",result=\"configuration\"} 1"
         ));
+        assert!(text.contains("# HELP enricher_pbx_requests Requests"));
+        assert!(text.contains("# HELP enricher_pbx_token_renewals Access"));
         assert!(!text.contains("method=\"message_session_get\""));
         assert!(text.contains(
             "enricher_pbx_request_duration_seconds_count{endpoint=\"message_session_get\"} 1"

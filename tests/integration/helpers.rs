@@ -18,6 +18,7 @@ use session_enricher::broker::{Broker, BrokerSettings};
 use session_enricher::enricher::Enricher;
 use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
 use session_enricher::pbx::{PbxClient, PbxSettings};
+use session_enricher::readiness::Readiness;
 use session_enricher::simulator::{Simulator, SimulatorSettings};
 use session_enricher::store::{Store, StoreSettings};
 use session_enricher::worker::{Worker, WorkerError, WorkerSettings};
@@ -181,9 +182,11 @@ impl TestEnv {
         Store::connect_lazy(&self.store_settings()).unwrap()
     }
 
-    pub fn enricher(&self) -> Enricher {
+    /// An enricher whose PBX client reports token grants and refusals to
+    /// `readiness`.
+    pub fn enricher_reporting_to(&self, readiness: Arc<Readiness>) -> Enricher {
         Enricher::new(
-            PbxClient::new(self.pbx_settings(), Arc::default()).unwrap(),
+            PbxClient::new(self.pbx_settings(), readiness).unwrap(),
             self.store(),
             PBX.into(),
             self.worker_settings().store_retry,
@@ -196,6 +199,16 @@ impl TestEnv {
     }
 
     pub async fn start_worker_with(&self, settings: WorkerSettings) -> RunningWorker {
+        self.start_worker_reporting_to(settings, Arc::default())
+            .await
+    }
+
+    /// Starts a worker whose consumer and PBX client report to `readiness`.
+    pub async fn start_worker_reporting_to(
+        &self,
+        settings: WorkerSettings,
+        readiness: Arc<Readiness>,
+    ) -> RunningWorker {
         let broker = Broker::connect(self.broker_settings())
             .await
             .expect("worker connects to RabbitMQ");
@@ -203,10 +216,10 @@ impl TestEnv {
         let stop = CancellationToken::new();
         let worker = Worker::new(
             broker,
-            self.enricher(),
+            self.enricher_reporting_to(Arc::clone(&readiness)),
             settings,
             Arc::clone(&counts),
-            Arc::default(),
+            readiness,
         );
         let handle = tokio::spawn(worker.run(stop.clone()));
         RunningWorker {
@@ -223,6 +236,21 @@ impl TestEnv {
     }
 
     pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
+        self.publish_with_properties(body, BasicProperties::default().with_headers(headers))
+            .await;
+    }
+
+    /// Publishes with the AMQP `timestamp` property set to `published_at`
+    /// (seconds since the epoch), as an intake that stamps messages does.
+    pub async fn publish_stamped(&self, body: &[u8], published_at: u64) {
+        self.publish_with_properties(
+            body,
+            BasicProperties::default().with_timestamp(published_at),
+        )
+        .await;
+    }
+
+    async fn publish_with_properties(&self, body: &[u8], properties: BasicProperties) {
         self.channel
             .queue_declare(
                 self.queue.as_str().into(),
@@ -244,9 +272,7 @@ impl TestEnv {
                     ..Default::default()
                 },
                 body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_headers(headers),
+                properties.with_delivery_mode(2),
             )
             .await
             .expect("publish")
@@ -411,6 +437,26 @@ where
 {
     let deadline = Instant::now() + DEADLINE;
     while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `probe` until it yields a value, failing the test after the
+/// deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
         assert!(
             Instant::now() < deadline,
             "timed out after {DEADLINE:?} waiting for: {what}"

@@ -124,6 +124,11 @@ impl Simulator {
                 &format!("{API_ROOT}/message_session/get"),
                 get(message_session),
             )
+            // For container healthchecks (`session-enricher healthcheck`).
+            .route(
+                "/healthz",
+                get(|| async { answer(json!({"status": "alive"})) }),
+            )
             .fallback(|| async {
                 answer(json!({"errcode": 10001, "errmsg": "INTERFACE NOT EXISTED"}))
             })

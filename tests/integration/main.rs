@@ -2,6 +2,7 @@
 //! played by the in-process simulator. See `helpers` for the isolation rules.
 
 mod cli;
+mod deployment;
 mod enrichment;
 mod events;
 mod helpers;

@@ -1,9 +1,11 @@
 //! Test harness: each `TestEnv` has its own database, its own queue names and
 //! its own PBX simulator, so tests run in parallel against the local
-//! RabbitMQ and Postgres. Waits are for a condition with a deadline.
+//! RabbitMQ and Postgres (or, where those are not running and Docker is,
+//! containers started with testcontainers). Waits are for a condition with a
+//! deadline.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use lapin::options::{
@@ -24,19 +26,132 @@ use session_enricher::store::{Store, StoreSettings};
 use session_enricher::worker::{Worker, WorkerError, WorkerSettings};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ImageExt, ReuseDirective};
+use testcontainers_modules::postgres::Postgres;
+use testcontainers_modules::rabbitmq::RabbitMq;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const PBX: &str = "test-pbx";
 const DEADLINE: Duration = Duration::from_secs(30);
 
+const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Containers started by the fallback are kept under these names and reused
+/// by later runs (`docker rm -f` them to let go).
+const POSTGRES_CONTAINER: &str = "session-enricher-test-postgres";
+const RABBITMQ_CONTAINER: &str = "session-enricher-test-rabbitmq";
+
+/// Where the tests find Postgres and RabbitMQ, decided once per run.
+struct Services {
+    database_url: String,
+    amqp_url: String,
+}
+
+static SERVICES: OnceLock<Services> = OnceLock::new();
+
+/// `DATABASE_URL` / `AMQP_URL` if set; else the local service if it accepts
+/// connections; else, if Docker answers, a container started with
+/// testcontainers (the first run pulls and starts it, later runs reuse it).
+fn services() -> &'static Services {
+    SERVICES.get_or_init(|| {
+        let database_url = std::env::var("DATABASE_URL")
+            .ok()
+            .or_else(|| reachable("127.0.0.1:5432").then(|| LOCAL_DATABASE_URL.into()));
+        let amqp_url = std::env::var("AMQP_URL")
+            .ok()
+            .or_else(|| reachable("127.0.0.1:5672").then(|| LOCAL_AMQP_URL.into()));
+        if let (Some(database_url), Some(amqp_url)) = (&database_url, &amqp_url) {
+            return Services {
+                database_url: database_url.clone(),
+                amqp_url: amqp_url.clone(),
+            };
+        }
+        assert!(
+            docker_answers(),
+            "Postgres (127.0.0.1:5432) or RabbitMQ (127.0.0.1:5672) is not reachable and \
+             Docker is not available: start the local services (see README) or Docker"
+        );
+        let (database_url, amqp_url) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for starting containers");
+            runtime.block_on(async move {
+                let database_url = match database_url {
+                    Some(url) => url,
+                    None => start_postgres().await,
+                };
+                let amqp_url = match amqp_url {
+                    Some(url) => url,
+                    None => start_rabbitmq().await,
+                };
+                (database_url, amqp_url)
+            })
+        })
+        .join()
+        .expect("starting the containers panicked");
+        Services {
+            database_url,
+            amqp_url,
+        }
+    })
+}
+
+fn reachable(addr: &str) -> bool {
+    addr.parse().is_ok_and(|addr| {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+    })
+}
+
+fn docker_answers() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn start_postgres() -> String {
+    let container = Postgres::default()
+        .with_tag("16-alpine")
+        .with_container_name(POSTGRES_CONTAINER)
+        .with_reuse(ReuseDirective::Always)
+        .start()
+        .await
+        .expect("start a Postgres container");
+    let host = container.get_host().await.expect("the container's host");
+    let port = container
+        .get_host_port_ipv4(5432)
+        .await
+        .expect("Postgres's mapped port");
+    format!("postgres://postgres:postgres@{host}:{port}/postgres")
+}
+
+async fn start_rabbitmq() -> String {
+    let container = RabbitMq::default()
+        .with_tag("3.13-management")
+        .with_container_name(RABBITMQ_CONTAINER)
+        .with_reuse(ReuseDirective::Always)
+        .start()
+        .await
+        .expect("start a RabbitMQ container");
+    let host = container.get_host().await.expect("the container's host");
+    let port = container
+        .get_host_port_ipv4(5672)
+        .await
+        .expect("RabbitMQ's mapped port");
+    format!("amqp://guest:guest@{host}:{port}/%2f")
+}
+
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    services().database_url.clone()
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    services().amqp_url.clone()
 }
 
 pub struct TestEnv {
@@ -85,7 +200,7 @@ impl TestEnv {
             .max_connections(1)
             .connect(&database_url())
             .await
-            .expect("the local Postgres must be running (see README)");
+            .expect("Postgres must be reachable (see README, Run the tests)");
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
@@ -99,7 +214,7 @@ impl TestEnv {
             .expect("connect to the test database");
         let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
-            .expect("the local RabbitMQ must be running (see README)");
+            .expect("RabbitMQ must be reachable (see README, Run the tests)");
         let channel = amqp.create_channel().await.expect("open a channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())

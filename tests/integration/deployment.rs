@@ -403,7 +403,6 @@ fn the_kubernetes_manifests_agree_with_the_code() {
     assert_eq!(container["ports"][0]["name"], "http");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/healthz");
     let shutdown: u64 = config["ENRICHER_SHUTDOWN_TIMEOUT"]
         .as_str()
         .unwrap()

@@ -26,7 +26,7 @@ cleanup() {
   QUEUE=$queue python3 - <<'PY'
 import os, pika
 ch = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2f")).channel()
-for q in (os.environ["QUEUE"], os.environ["QUEUE"] + ".dead"):
+for q in (os.environ["QUEUE"], os.environ["QUEUE"] + ".retry", os.environ["QUEUE"] + ".dead"):
     ch.queue_delete(q)
 PY
 }
@@ -36,26 +36,31 @@ psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" >/dev/null
 SIMULATOR_LATENCY_MS=20 "$bin" simulate-pbx --listen 127.0.0.1:$sim_port >/dev/null &
 pids+=($!)
 
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db AMQP_QUEUE=$queue \
+  YEASTAR_BASE_URL=http://127.0.0.1:$sim_port YEASTAR_CLIENT_ID=simulator \
+  YEASTAR_CLIENT_SECRET=simulator-secret ENRICHER_HTTP_ADDR=127.0.0.1:$http_port \
+  ENRICHER_PREFETCH=$prefetch LOG_FORMAT=json RUST_LOG=warn
+"$bin" run &
+worker=$!
+pids+=($worker)
+# The worker declares its queues (a quorum work queue): publish once it is ready.
+for _ in $(seq 300); do
+  curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null || { echo "the worker did not become ready" >&2; exit 1; }
+
+started=$(date +%s.%N)
 QUEUE=$queue EVENTS=$events python3 - <<'PY'
 import json, os, time, pika
 ch = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2f")).channel()
 queue = os.environ["QUEUE"]
-ch.queue_declare(queue, durable=True)
 now = int(time.time())
 for i in range(1, int(os.environ["EVENTS"]) + 1):
     body = {"type": 30031, "sn": "3631A0000001", "msg": {"session_id": i, "msg_id": i * 10}}
     ch.basic_publish("", queue, json.dumps(body),
                      pika.BasicProperties(delivery_mode=2, timestamp=now))
 PY
-
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db AMQP_QUEUE=$queue \
-  YEASTAR_BASE_URL=http://127.0.0.1:$sim_port YEASTAR_CLIENT_ID=simulator \
-  YEASTAR_CLIENT_SECRET=simulator-secret ENRICHER_HTTP_ADDR=127.0.0.1:$http_port \
-  ENRICHER_PREFETCH=$prefetch LOG_FORMAT=json RUST_LOG=warn
-started=$(date +%s.%N)
-"$bin" run &
-worker=$!
-pids+=($worker)
 
 settled() {
   curl -fs "http://127.0.0.1:$http_port/metrics" 2>/dev/null \
@@ -77,7 +82,7 @@ wait $worker
 awk -v n="$events" -v s="$started" -v f="$finished" -v peak="$peak_kib" -v rss="$rss_kib" \
     -v ticks="$ticks" -v hz="$hz" -v prefetch="$prefetch" 'BEGIN {
   wall = f - s; cpu = ticks / hz
-  printf "events %d, prefetch %d: drained in %.1f s (%.0f events/s)\n", n, prefetch, wall, n / wall
+  printf "events %d, prefetch %d: published and drained in %.1f s (%.0f events/s)\n", n, prefetch, wall, n / wall
   printf "peak RSS %.1f MiB, RSS after draining %.1f MiB\n", peak / 1024, rss / 1024
   printf "CPU %.2f s (%.2f ms per event, %.0f%% of one core while draining)\n", cpu, 1000 * cpu / n, 100 * cpu / wall
 }'

@@ -9,13 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerSettings};
+use crate::broker::BrokerSettings;
 use crate::config::{Command, ConfigError};
 use crate::enricher::{Enricher, Enrichment};
 use crate::health::{self, HealthServer, ReadinessChecks};
 use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxError, PbxSettings};
-use crate::readiness::Readiness;
 use crate::session::SessionId;
 use crate::simulator::{Simulator, SimulatorSettings};
 use crate::store::{Store, StoreSettings};
@@ -23,10 +22,8 @@ use crate::worker::{Worker, WorkerSettings};
 use crate::{demo, report};
 
 /// A command with its configuration validated; nothing connected yet.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one Plan per process; boxing buys nothing"
-)]
+// One value per process: the size difference between variants is moot.
+#[allow(clippy::large_enum_variant)]
 pub enum Plan {
     Run {
         store: StoreSettings,
@@ -68,7 +65,10 @@ impl Plan {
                 store: args.store.settings()?,
                 broker: args.broker.settings()?,
                 pbx: args.pbx.settings()?,
-                worker: args.worker.settings(&args.pbx.yeastar_pbx_id)?,
+                worker: args.worker.settings(
+                    &args.pbx.yeastar_pbx_id,
+                    usize::from(args.pbx.pbx_concurrency),
+                )?,
                 http_addr: args.http.http_addr,
                 migrate: !args.no_migrate,
             },
@@ -179,12 +179,21 @@ async fn run(
     migrate: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let readiness = Arc::new(Readiness::default());
     let store = Store::connect_lazy(&store).context("DATABASE_URL")?;
+    let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
+    let enricher = Enricher::new(
+        pbx,
+        store.clone(),
+        worker.pbx_id.clone(),
+        worker.store_retry,
+    );
+    let pbx = Arc::clone(enricher.pbx());
+    let worker = Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()));
     let health = HealthServer::start(
         http_addr,
         ReadinessChecks {
-            readiness: Arc::clone(&readiness),
+            worker: worker.status(),
+            pbx: pbx.status(),
             store: store.clone(),
         },
     )
@@ -194,17 +203,8 @@ async fn run(
         if migrate {
             store.migrate().await.context("applying migrations")?;
         }
-        let pbx =
-            PbxClient::new(pbx, Arc::clone(&readiness)).context("setting up the PBX client")?;
         log_in_at_start(&pbx).await;
-        let broker = Broker::connect(broker)
-            .await
-            .context("connecting to RabbitMQ")?;
-        let enricher = Enricher::new(pbx, store, worker.pbx_id.clone(), worker.store_retry);
-        let counts = Arc::new(OutcomeCounts::default());
-        Worker::new(broker, enricher, worker, counts, readiness)
-            .run(shutdown)
-            .await?;
+        worker.run(shutdown).await?;
         anyhow::Ok(())
     }
     .await;
@@ -246,7 +246,7 @@ async fn enrich(
     migrate: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store(&store, migrate).await?;
-    let pbx = PbxClient::new(pbx, Arc::default()).context("setting up the PBX client")?;
+    let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
     let enricher = Enricher::new(
         pbx,
         store.clone(),

@@ -12,8 +12,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-/// Header carrying the reason a message was dead-lettered.
+/// Header carrying the reason a message was dead-lettered (or, on the retry
+/// queue, why its last attempt failed).
 pub const ERROR_HEADER: &str = "x-enricher-error";
+/// Header counting the attempts already made at a message.
+pub const ATTEMPT_HEADER: &str = "x-enricher-attempts";
+/// Header on dead letters: the SHA-256 (hex) of the body, a stable key for
+/// dropping the rare duplicate (a publish whose confirm was lost).
+pub const DIGEST_HEADER: &str = "x-enricher-body-sha256";
 
 /// How to reach the broker and which queues to use.
 #[derive(Clone, Debug)]
@@ -27,11 +33,18 @@ pub struct BrokerSettings {
     pub routing_key: Option<String>,
     /// Unacked deliveries this consumer may hold.
     pub prefetch: u16,
+    /// Deliveries of one message (first included) after which the work
+    /// queue dead-letters it: bounds a message that crashes the worker.
+    pub delivery_limit: u32,
 }
 
 impl BrokerSettings {
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
+    }
+
+    pub fn retry_queue(&self) -> String {
+        format!("{}.retry", self.queue)
     }
 }
 
@@ -40,12 +53,31 @@ impl BrokerSettings {
 pub struct BrokerError {
     action: &'static str,
     detail: String,
+    /// A queue exists with arguments other than ours (PRECONDITION_FAILED):
+    /// retrying cannot help, an operator must act.
+    conflict: bool,
+}
+
+impl BrokerError {
+    /// Whether the broker refused our topology (see `conflict`).
+    pub fn is_topology_conflict(&self) -> bool {
+        self.conflict
+    }
 }
 
 fn failed(action: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
     move |e| BrokerError {
         action,
+        conflict: matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406),
         detail: e.to_string(),
+    }
+}
+
+fn refused(action: &'static str, detail: String) -> BrokerError {
+    BrokerError {
+        action,
+        detail,
+        conflict: false,
     }
 }
 
@@ -71,8 +103,11 @@ pub struct Broker {
 pub struct Delivery {
     pub body: Vec<u8>,
     pub redelivered: bool,
-    /// The AMQP `timestamp` property: when the publisher says it published.
-    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Attempts already made at this message (the `x-enricher-attempts`
+    /// header it came back from the retry queue with; 0 when fresh).
+    pub attempts: u32,
+    /// The AMQP `timestamp` property (when the publisher published), in ms.
+    pub published_at_ms: Option<i64>,
     properties: BasicProperties,
     acker: lapin::Acker,
 }
@@ -109,11 +144,12 @@ impl Delivery {
 }
 
 impl Broker {
-    /// Connects (with lapin's automatic recovery) and declares the topology.
+    /// Connects and declares the topology. No automatic recovery: when the
+    /// connection is lost, the worker drops this `Broker` and connects anew
+    /// (one reconnect mechanism, with its own backoff).
     pub async fn connect(settings: BrokerSettings) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from("session-enricher"))
-            .enable_auto_recover();
+            .with_connection_name(LongString::from("session-enricher"));
         let connection = Connection::connect(&settings.url, properties)
             .await
             .map_err(failed("connecting to AMQP_URL"))?;
@@ -139,24 +175,68 @@ impl Broker {
         Ok(broker)
     }
 
+    /// Declares the work queue, `.retry` and `.dead` (idempotent). A queue
+    /// that exists with other arguments is a `topology conflict`.
+    ///
+    /// - work queue: quorum, `x-delivery-limit`, dead-lettering at least once
+    ///   to `.dead`, so a message that keeps crashing the worker ends there;
+    /// - `.retry`: classic; messages wait their per-message TTL, then are
+    ///   dead-lettered back to the work queue;
+    /// - `.dead`: classic, durable; where events end with a reason.
     async fn declare_topology(&self) -> Result<(), BrokerError> {
+        let queue = self.settings.queue.as_str();
+        let dead = self.settings.dead_letter_queue();
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        let queue = self.settings.queue.as_str();
-        self.consume
-            .queue_declare(ShortString::from(queue), durable, FieldTable::default())
-            .await
-            .map_err(failed("declaring the work queue (AMQP_QUEUE)"))?;
-        self.consume
-            .queue_declare(
-                ShortString::from(self.settings.dead_letter_queue()),
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed("declaring the dead-letter queue"))?;
+        let mut work_args = FieldTable::default();
+        work_args.insert("x-queue-type".into(), long_string("quorum"));
+        work_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.settings.delivery_limit)),
+        );
+        work_args.insert("x-dead-letter-exchange".into(), long_string(""));
+        work_args.insert("x-dead-letter-routing-key".into(), long_string(&dead));
+        work_args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        work_args.insert("x-overflow".into(), long_string("reject-publish"));
+        let mut retry_args = FieldTable::default();
+        retry_args.insert("x-queue-type".into(), long_string("classic"));
+        retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
+        retry_args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), long_string("classic"));
+        for (name, args, what) in [
+            (dead.clone(), dead_args, "declaring the dead-letter queue"),
+            (
+                self.settings.retry_queue(),
+                retry_args,
+                "declaring the retry queue",
+            ),
+            (
+                queue.to_owned(),
+                work_args,
+                "declaring the work queue (AMQP_QUEUE)",
+            ),
+        ] {
+            self.consume
+                .queue_declare(ShortString::from(name.as_str()), durable, args)
+                .await
+                .map_err(|e| {
+                    let mut error = failed(what)(e);
+                    if error.conflict {
+                        error.detail = format!(
+                            "queue `{name}` already exists with other arguments ({}); \
+                             move its messages elsewhere and delete it, or choose another AMQP_QUEUE",
+                            error.detail
+                        );
+                    }
+                    error
+                })?;
+        }
         if let Some(exchange) = &self.settings.exchange {
             let key = self.settings.routing_key.as_deref().unwrap_or(queue);
             self.consume
@@ -195,10 +275,12 @@ impl Broker {
             .map_err(failed("starting the consumer"))?;
         Ok(consumer.map(|delivery| {
             delivery.map_err(failed("receiving")).map(|d| Delivery {
+                attempts: header_u32(&d.properties, ATTEMPT_HEADER),
+                published_at_ms: (*d.properties.timestamp())
+                    .and_then(|s| i64::try_from(s).ok())
+                    .map(|s| s * 1000),
                 body: d.data,
                 redelivered: d.redelivered,
-                published_at: (*d.properties.timestamp())
-                    .and_then(|t| chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0)),
                 properties: d.properties,
                 acker: d.acker,
             })
@@ -218,24 +300,41 @@ impl Broker {
 
     /// Publishes the delivery's body, byte for byte and with its properties,
     /// to the dead-letter queue with `reason` in the `x-enricher-error`
-    /// header, and waits for the broker's confirm.
-    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), BrokerError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            ShortString::from(ERROR_HEADER),
-            AMQPValue::LongString(LongString::from(reason)),
-        );
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
+    /// header (`attempts` in `x-enricher-attempts`, the body's digest in
+    /// `x-enricher-body-sha256`), and waits for the broker's confirm.
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        attempts: u32,
+        body_sha256: &str,
+    ) -> Result<(), BrokerError> {
+        let mut properties = annotated(delivery, reason, attempts);
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(ShortString::from(DIGEST_HEADER), long_string(body_sha256));
+        properties = properties.with_headers(headers);
         self.publish_confirmed(
             &self.settings.dead_letter_queue(),
             &delivery.body,
             properties,
         )
         .await
+    }
+
+    /// Publishes the delivery's body and properties to the retry queue with
+    /// `attempts` and the last `reason` in headers; it comes back to the work
+    /// queue after `delay`. Waits for the broker's confirm.
+    pub async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        attempts: u32,
+        delay: std::time::Duration,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let properties = annotated(delivery, reason, attempts)
+            .with_expiration(ShortString::from(delay.as_millis().max(1).to_string()));
+        self.publish_confirmed(&self.settings.retry_queue(), &delivery.body, properties)
+            .await
     }
 
     /// Publishes a persistent message to a queue through the default exchange
@@ -271,14 +370,14 @@ impl Broker {
             .map_err(failed("waiting for the publisher confirm"))?;
         match confirm {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError {
-                action: "publishing",
-                detail: format!("queue `{queue}` does not exist (message returned)"),
-            }),
-            Confirmation::Nack(_) => Err(BrokerError {
-                action: "publishing",
-                detail: "the broker refused the message (nack)".into(),
-            }),
+            Confirmation::Ack(Some(_)) => Err(refused(
+                "publishing",
+                format!("queue `{queue}` does not exist (message returned)"),
+            )),
+            Confirmation::Nack(_) => Err(refused(
+                "publishing",
+                "the broker refused the message (nack)".into(),
+            )),
         }
     }
 
@@ -350,4 +449,46 @@ impl Broker {
             tracing::debug!(error = %e, "Closing the AMQP connection.");
         }
     }
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// The delivery's properties, persistent, with our reason and attempt
+/// count added to its headers (the rest kept as they came).
+fn annotated(delivery: &Delivery, reason: &str, attempts: u32) -> BasicProperties {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(ERROR_HEADER), long_string(reason));
+    headers.insert(
+        ShortString::from(ATTEMPT_HEADER),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+}
+
+/// An integer header as a `u32`, 0 when absent or not a usable integer.
+fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+    else {
+        return 0;
+    };
+    let number = match value {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => 0,
+    };
+    u32::try_from(number).unwrap_or(0)
 }

@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backoff::Backoff;
 use crate::broker::BrokerSettings;
-use crate::event::NEW_MESSAGE_EVENT;
 use crate::pbx::PbxSettings;
+use crate::pipeline::PipelineSettings;
 use crate::secret::Secret;
 use crate::session::SessionId;
 use crate::store::StoreSettings;
@@ -156,6 +156,11 @@ pub struct BrokerArgs {
     /// Unacked deliveries this worker may hold.
     #[arg(long, env = "ENRICHER_PREFETCH", value_name = "ENRICHER_PREFETCH", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
+    /// Deliveries of one message after which the work queue (a quorum
+    /// queue) dead-letters it: bounds a message that crashes the worker.
+    /// Fixed when the queue is first declared.
+    #[arg(long, env = "ENRICHER_DELIVERY_LIMIT", value_name = "ENRICHER_DELIVERY_LIMIT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub delivery_limit: u32,
 }
 
 #[derive(Debug, Args)]
@@ -190,8 +195,8 @@ pub struct PbxArgs {
         default_value = "default"
     )]
     pub yeastar_pbx_id: String,
-    /// PBX calls in flight at once.
-    #[arg(long, env = "ENRICHER_PBX_CONCURRENCY", value_name = "ENRICHER_PBX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// PBX calls in flight at once (one fetcher each).
+    #[arg(long, env = "ENRICHER_PBX_CONCURRENCY", value_name = "ENRICHER_PBX_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub pbx_concurrency: u16,
     /// Timeout of one PBX request, in milliseconds.
     #[arg(long, env = "ENRICHER_PBX_TIMEOUT_MS", value_name = "ENRICHER_PBX_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
@@ -221,6 +226,24 @@ pub struct WorkerArgs {
     /// Seconds a shutdown may take to finish in-flight work.
     #[arg(long, env = "ENRICHER_SHUTDOWN_TIMEOUT", value_name = "ENRICHER_SHUTDOWN_TIMEOUT", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout: u64,
+    /// Attempts at an event that keeps failing transiently (PBX
+    /// unavailable), the first included, before it is dead-lettered; between
+    /// attempts it waits in `<AMQP_QUEUE>.retry`.
+    #[arg(long, env = "ENRICHER_RETRY_ATTEMPTS", value_name = "ENRICHER_RETRY_ATTEMPTS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub retry_attempts: u32,
+    /// First wait in the retry queue, in milliseconds (doubles, jittered).
+    #[arg(long, env = "ENRICHER_RETRY_DELAY_MS", value_name = "ENRICHER_RETRY_DELAY_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_delay_ms: u64,
+    /// Session answers written per database transaction, at most.
+    #[arg(long, env = "ENRICHER_BATCH_MAX", value_name = "ENRICHER_BATCH_MAX", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub batch_max: u32,
+    /// How long the first answer of a write batch waits for more, in
+    /// milliseconds.
+    #[arg(long, env = "ENRICHER_BATCH_LINGER_MS", value_name = "ENRICHER_BATCH_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub batch_linger_ms: u64,
+    /// Longest wait in the retry queue, in milliseconds.
+    #[arg(long, env = "ENRICHER_RETRY_MAX_DELAY_MS", value_name = "ENRICHER_RETRY_MAX_DELAY_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_delay_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +353,7 @@ impl BrokerArgs {
         broker_settings(&self.amqp_url, &self.amqp_queue, self.prefetch).map(|s| BrokerSettings {
             exchange: self.amqp_exchange.clone().filter(|e| !e.is_empty()),
             routing_key: self.amqp_routing_key.clone().filter(|k| !k.is_empty()),
+            delivery_limit: self.delivery_limit,
             ..s
         })
     }
@@ -352,6 +376,7 @@ pub(crate) fn broker_settings(
         exchange: None,
         routing_key: None,
         prefetch,
+        delivery_limit: 20,
     })
 }
 
@@ -419,34 +444,35 @@ fn required(
 }
 
 impl WorkerArgs {
-    pub fn settings(&self, pbx_id: &str) -> Result<WorkerSettings, ConfigError> {
+    /// The worker's settings; `fetchers` is the PBX concurrency cap.
+    pub fn settings(&self, pbx_id: &str, fetchers: usize) -> Result<WorkerSettings, ConfigError> {
         if self.event_types.is_empty() {
             return Err(invalid(
                 "ENRICHER_EVENT_TYPES",
                 "must list at least one event type",
             ));
         }
+        if self.retry_max_delay_ms < self.retry_delay_ms {
+            return Err(invalid(
+                "ENRICHER_RETRY_MAX_DELAY_MS",
+                "must not be below ENRICHER_RETRY_DELAY_MS",
+            ));
+        }
         Ok(WorkerSettings {
             pbx_id: pbx_id.to_owned(),
             handled_types: self.event_types.clone(),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            retry: Backoff {
+                initial: Duration::from_millis(self.retry_delay_ms),
+                max: Duration::from_millis(self.retry_max_delay_ms),
+                attempts: self.retry_attempts,
+            },
+            pipeline: PipelineSettings {
+                fetchers,
+                batch_max: self.batch_max as usize,
+                batch_linger: Duration::from_millis(self.batch_linger_ms),
+            },
             ..WorkerSettings::default()
         })
-    }
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            pbx_id: "default".into(),
-            handled_types: vec![NEW_MESSAGE_EVENT],
-            shutdown_timeout: Duration::from_secs(20),
-            configuration_retry: Duration::from_secs(30),
-            store_retry: Backoff {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(5),
-                attempts: 5,
-            },
-        }
     }
 }

@@ -95,26 +95,23 @@ pub async fn run(
     }
 
     let sim_defaults = SimulatorSettings::default();
-    let pbx = PbxClient::new(
-        PbxSettings {
-            base_url: simulator.base_url(),
-            api_path: "openapi/v1.0".into(),
-            client_id: sim_defaults.client_id,
-            client_secret: sim_defaults.client_secret,
-            concurrency: 8,
-            request_timeout: Duration::from_secs(5),
-            retry: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(2),
-                attempts: 5,
-            },
-            login_retry_min: Duration::from_secs(60),
+    let pbx = PbxClient::new(PbxSettings {
+        base_url: simulator.base_url(),
+        api_path: "openapi/v1.0".into(),
+        client_id: sim_defaults.client_id,
+        client_secret: sim_defaults.client_secret,
+        concurrency: 8,
+        request_timeout: Duration::from_secs(5),
+        retry: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            attempts: 5,
         },
-        Arc::default(),
-    )?;
+        login_retry_min: Duration::from_secs(60),
+    })?;
     let counts = Arc::new(OutcomeCounts::default());
     let worker = Worker::new(
-        Broker::connect(broker_settings.clone()).await?,
+        broker_settings.clone(),
         Enricher::new(
             pbx,
             store.clone(),
@@ -126,7 +123,6 @@ pub async fn run(
             ..WorkerSettings::default()
         },
         Arc::clone(&counts),
-        Arc::default(),
     );
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop.clone()));

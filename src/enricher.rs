@@ -2,6 +2,8 @@
 //! mark it missing. Shared by the worker and the `enrich` command; knows
 //! nothing of queues.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 
 use crate::backoff::Backoff;
@@ -30,7 +32,7 @@ pub enum EnrichError {
 }
 
 pub struct Enricher {
-    pbx: PbxClient,
+    pbx: Arc<PbxClient>,
     store: Store,
     pbx_id: String,
     /// Retries of a write whose database is unavailable; the fetched answer
@@ -41,7 +43,7 @@ pub struct Enricher {
 impl Enricher {
     pub fn new(pbx: PbxClient, store: Store, pbx_id: String, store_retry: Backoff) -> Self {
         Self {
-            pbx,
+            pbx: Arc::new(pbx),
             store,
             pbx_id,
             store_retry,
@@ -52,7 +54,7 @@ impl Enricher {
         &self.pbx_id
     }
 
-    pub fn pbx(&self) -> &PbxClient {
+    pub fn pbx(&self) -> &Arc<PbxClient> {
         &self.pbx
     }
 

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::readiness::{PbxAccess, Readiness};
+use crate::pbx::{PbxAccess, PbxStatus};
+use crate::status::WorkerStatus;
 use crate::store::Store;
 
 /// How long `/readyz` waits for the database to answer `SELECT 1`.
@@ -28,8 +29,10 @@ const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// What `/readyz` looks at.
 #[derive(Clone)]
 pub struct ReadinessChecks {
-    /// Set by the worker (consuming) and the PBX client (token).
-    pub readiness: Arc<Readiness>,
+    /// Whether the worker consumes, and if not, why (`Worker::status`).
+    pub worker: Arc<WorkerStatus>,
+    /// Whether the PBX grants tokens (`PbxClient::status`).
+    pub pbx: Arc<PbxStatus>,
     /// Asked `SELECT 1` on every check.
     pub store: Store,
 }
@@ -87,20 +90,20 @@ async fn healthz() -> Response {
 /// The result of each readiness check: `None` when fine, else why not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadinessReport {
-    pub broker: Option<String>,
+    pub consuming: Option<String>,
     pub database: Option<String>,
     pub pbx: Option<String>,
 }
 
 impl ReadinessReport {
     pub fn is_ready(&self) -> bool {
-        self.broker.is_none() && self.database.is_none() && self.pbx.is_none()
+        self.consuming.is_none() && self.database.is_none() && self.pbx.is_none()
     }
 
-    /// The failing checks in one line, e.g. `broker: not consuming`.
+    /// The failing checks in one line, e.g. `consuming: RabbitMQ unavailable: ...`.
     pub fn reason(&self) -> String {
         [
-            ("broker", &self.broker),
+            ("consuming", &self.consuming),
             ("database", &self.database),
             ("pbx", &self.pbx),
         ]
@@ -114,8 +117,11 @@ impl ReadinessReport {
 impl ReadinessChecks {
     /// Runs every check now.
     pub async fn report(&self) -> ReadinessReport {
-        let broker = (!self.readiness.is_consuming())
-            .then(|| "not consuming (starting, stopping or disconnected)".to_owned());
+        let consuming = (!self.worker.is_consuming()).then(|| {
+            self.worker
+                .problem()
+                .unwrap_or_else(|| "not consuming (starting or stopping)".to_owned())
+        });
         let database = match tokio::time::timeout(DATABASE_CHECK_TIMEOUT, self.store.ping()).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -124,13 +130,13 @@ impl ReadinessChecks {
                 DATABASE_CHECK_TIMEOUT.as_secs()
             )),
         };
-        let pbx = match self.readiness.pbx_access() {
+        let pbx = match self.pbx.access() {
             PbxAccess::Granted => None,
             PbxAccess::Pending => Some("no access token obtained yet".to_owned()),
             PbxAccess::Refused(why) => Some(why),
         };
         ReadinessReport {
-            broker,
+            consuming,
             database,
             pbx,
         }
@@ -144,7 +150,7 @@ async fn readyz(State(checks): State<ReadinessChecks>) -> Response {
         Some(why) => why.clone(),
     };
     let checks = json!({
-        "broker": state(&report.broker),
+        "consuming": state(&report.consuming),
         "database": state(&report.database),
         "pbx": state(&report.pbx),
     });
@@ -248,11 +254,14 @@ mod tests {
     #[test]
     fn the_reason_names_each_failing_check() {
         let report = ReadinessReport {
-            broker: Some("not consuming".into()),
+            consuming: Some("paused: database unavailable".into()),
             database: None,
             pbx: Some("refused".into()),
         };
         assert!(!report.is_ready());
-        assert_eq!(report.reason(), "broker: not consuming; pbx: refused");
+        assert_eq!(
+            report.reason(),
+            "consuming: paused: database unavailable; pbx: refused"
+        );
     }
 }

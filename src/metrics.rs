@@ -12,7 +12,7 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -58,7 +58,9 @@ label_values! {
         NotFound => "not_found",
         DeadLettered => "dead_lettered",
         Retried => "retried",
-        Abandoned => "abandoned",
+        Held => "held",
+        Crashed => "crashed",
+        Requeued => "requeued",
     }
 }
 
@@ -104,6 +106,8 @@ label_values! {
         Session => "session",
         /// A session the PBX no longer has.
         Missing => "missing",
+        /// A batch of answers (the pipeline's writer).
+        Batch => "batch",
     }
 }
 
@@ -231,7 +235,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "enricher_events",
-            "Deliveries settled, by outcome (enriched, unchanged, skipped, not_found, dead_lettered, retried = requeued, abandoned = left unacked at shutdown)",
+            "Deliveries settled, by outcome (enriched, unchanged, skipped, not_found, dead_lettered; retried = sent to the retry queue; held = returned while a dependency recovers; crashed = processing panicked; requeued = could not be settled as decided)",
             self.events.clone(),
         );
         r.register(
@@ -241,7 +245,7 @@ impl Metrics {
         );
         r.register(
             "enricher_events_coalesced",
-            "Events folded into a fetch already pending for the same session",
+            "Events that shared a PBX fetch with an earlier event of the same session (coalesced)",
             self.events_coalesced.clone(),
         );
         r.register_with_unit(
@@ -284,7 +288,7 @@ impl Metrics {
         );
         r.register(
             "enricher_broker_reconnects",
-            "Times the connection to RabbitMQ was re-established",
+            "Times the RabbitMQ connection or consumer was lost and the worker reconnected",
             self.broker_reconnects.clone(),
         );
         self
@@ -298,9 +302,17 @@ impl Metrics {
         out
     }
 
+    /// Counts a delivery taken from the queue (in flight until
+    /// `event_settled`).
+    pub fn event_taken(&self) {
+        self.events_in_flight.inc();
+    }
+
     /// Counts a settled delivery and, if its session was committed and the
-    /// message carries its publish time, the lag from publish to commit.
-    pub fn event_settled(&self, outcome: &Outcome, published_at: Option<DateTime<Utc>>) {
+    /// message carries its publish time (ms since the epoch), the lag from
+    /// publish to commit.
+    pub fn event_settled(&self, outcome: &Outcome, published_at_ms: Option<i64>) {
+        self.events_in_flight.dec();
         let label = match outcome {
             Outcome::Enriched => EventOutcome::Enriched,
             Outcome::Unchanged => EventOutcome::Unchanged,
@@ -308,35 +320,28 @@ impl Metrics {
             Outcome::NotFound => EventOutcome::NotFound,
             Outcome::DeadLetter { .. } => EventOutcome::DeadLettered,
             Outcome::Retry { .. } => EventOutcome::Retried,
-            Outcome::Abandon => EventOutcome::Abandoned,
+            Outcome::Hold(_) => EventOutcome::Held,
+            Outcome::Crashed { .. } => EventOutcome::Crashed,
+            Outcome::Requeued { .. } => EventOutcome::Requeued,
         };
         self.events
             .get_or_create(&OutcomeLabels { outcome: label })
             .inc();
-        if let (Outcome::Enriched | Outcome::Unchanged | Outcome::NotFound, Some(at)) =
-            (outcome, published_at)
+        if let (Outcome::Enriched | Outcome::Unchanged | Outcome::NotFound, Some(ms)) =
+            (outcome, published_at_ms)
         {
-            self.event_committed(LagSince::Published, at);
+            let lag_ms = Utc::now().timestamp_millis().saturating_sub(ms).max(0);
+            self.event_lag
+                .get_or_create(&LagLabels {
+                    since: LagSince::Published,
+                })
+                .observe(lag_ms as f64 / 1000.0);
         }
-    }
-
-    /// Observes the lag from `since` (a clock on the event) to now, when an
-    /// event's session has been committed.
-    pub fn event_committed(&self, clock: LagSince, since: DateTime<Utc>) {
-        let lag = (Utc::now() - since).to_std().unwrap_or(Duration::ZERO);
-        self.event_lag
-            .get_or_create(&LagLabels { since: clock })
-            .observe(lag.as_secs_f64());
     }
 
     /// Counts events folded into an already pending fetch.
     pub fn events_coalesced(&self, n: u64) {
         self.events_coalesced.inc_by(n);
-    }
-
-    /// Marks a delivery held until the guard drops.
-    pub fn event_in_flight(&self) -> InFlight {
-        InFlight::enter(&self.events_in_flight)
     }
 
     /// Marks a PBX fetch in flight until the guard drops.
@@ -373,8 +378,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a re-established broker connection.
-    pub fn broker_reconnected(&self) {
+    /// Counts a lost broker connection (or consumer) the worker reconnects.
+    pub fn broker_connection_lost(&self) {
         self.broker_reconnects.inc();
     }
 }
@@ -479,10 +484,10 @@ mod tests {
     fn an_in_flight_guard_gives_back_what_it_took() {
         let metrics = Metrics::new();
         {
-            let _one = metrics.event_in_flight();
-            let _two = metrics.event_in_flight();
-            assert_eq!(metrics.events_in_flight.get(), 2);
+            let _one = metrics.pbx_fetch_in_flight();
+            let _two = metrics.pbx_fetch_in_flight();
+            assert_eq!(metrics.pbx_fetches_in_flight.get(), 2);
         }
-        assert_eq!(metrics.events_in_flight.get(), 0);
+        assert_eq!(metrics.pbx_fetches_in_flight.get(), 0);
     }
 }

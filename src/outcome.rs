@@ -1,10 +1,30 @@
 //! `Outcome`: what processing one delivery decided, and `OutcomeCounts`, the
-//! running tally per outcome (read by `demo`, tests and, later, metrics).
+//! running tally per outcome (read by `demo`, tests and metrics).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The one decision taken for a delivery; `worker::settle` turns it into
-/// ack, dead-letter or requeue.
+/// A dependency that must recover before the worker consumes again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// The PBX refuses the worker's configuration; `session_id` is the
+    /// session whose fetch showed it, used to probe the PBX.
+    Pbx {
+        reason: String,
+        session_id: crate::session::SessionId,
+    },
+    /// The database is unavailable.
+    Database { reason: String },
+}
+
+impl Pause {
+    pub fn reason(&self) -> &str {
+        match self {
+            Pause::Pbx { reason, .. } | Pause::Database { reason } => reason,
+        }
+    }
+}
+
+/// The one decision taken for a delivery; `worker::settle` carries it out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The session's rows were written.
@@ -17,12 +37,18 @@ pub enum Outcome {
     NotFound,
     /// The event can never be processed: dead-letter it with this reason.
     DeadLetter { reason: String },
-    /// Failed for now (PBX or database unavailable after in-process
-    /// retries): return it to the queue.
+    /// Failed for now after the in-process retries: republish it to the
+    /// retry queue (dead-letter it once its attempts are spent).
     Retry { reason: String },
-    /// Shutting down before it could finish: leave it unacked, the broker
-    /// redelivers it.
-    Abandon,
+    /// Not the event's fault: return it to the queue and stop consuming
+    /// until the dependency recovers.
+    Hold(Pause),
+    /// Processing panicked: return it to the queue; the queue's delivery
+    /// limit dead-letters it if it keeps doing so.
+    Crashed { panic: String },
+    /// Could not be settled as decided (the broker failed to take a dead
+    /// letter or a retry): returned to the queue instead.
+    Requeued { reason: String },
 }
 
 /// Deliveries settled, per outcome.
@@ -34,7 +60,9 @@ pub struct OutcomeCounts {
     not_found: AtomicU64,
     dead_lettered: AtomicU64,
     retried: AtomicU64,
-    abandoned: AtomicU64,
+    held: AtomicU64,
+    crashed: AtomicU64,
+    requeued: AtomicU64,
 }
 
 /// A copy of the counts at one moment.
@@ -45,8 +73,12 @@ pub struct CountsSnapshot {
     pub skipped: u64,
     pub not_found: u64,
     pub dead_lettered: u64,
+    /// Republished to the retry queue.
     pub retried: u64,
-    pub abandoned: u64,
+    /// Returned to the queue while a dependency recovers.
+    pub held: u64,
+    pub crashed: u64,
+    pub requeued: u64,
 }
 
 impl CountsSnapshot {
@@ -65,7 +97,9 @@ impl OutcomeCounts {
             Outcome::NotFound => &self.not_found,
             Outcome::DeadLetter { .. } => &self.dead_lettered,
             Outcome::Retry { .. } => &self.retried,
-            Outcome::Abandon => &self.abandoned,
+            Outcome::Hold(_) => &self.held,
+            Outcome::Crashed { .. } => &self.crashed,
+            Outcome::Requeued { .. } => &self.requeued,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -79,7 +113,9 @@ impl OutcomeCounts {
             not_found: get(&self.not_found),
             dead_lettered: get(&self.dead_lettered),
             retried: get(&self.retried),
-            abandoned: get(&self.abandoned),
+            held: get(&self.held),
+            crashed: get(&self.crashed),
+            requeued: get(&self.requeued),
         }
     }
 }

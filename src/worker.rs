@@ -1,27 +1,30 @@
-//! The consume loop: takes deliveries from the broker, decides one `Outcome`
-//! for each (parse, enrich), and settles it in exactly one place. Owns
+//! The worker: supervises the broker connection (connect, consume, reconnect
+//! with backoff, pause while the PBX or the database is unavailable), decides
+//! one `Outcome` per delivery and settles it in exactly one place. Owns
 //! graceful shutdown: stop consuming, finish in-flight work within the
 //! deadline, revoke the PBX token, close everything.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tokio::task::JoinSet;
+use futures_util::{FutureExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::broker::{Broker, BrokerError, Delivery};
-use crate::enricher::{EnrichError, Enricher, Enrichment};
+use crate::broker::{Broker, BrokerError, BrokerSettings, Delivery};
+use crate::enricher::Enricher;
 use crate::event::{self, Event};
 use crate::metrics;
-use crate::outcome::{Outcome, OutcomeCounts};
+use crate::outcome::{Outcome, OutcomeCounts, Pause};
 use crate::pbx::PbxError;
-use crate::readiness::Readiness;
-use crate::store::StoreError;
+use crate::pipeline::{Pending, Pipeline, PipelineSettings, Settle};
+use crate::status::WorkerStatus;
+use crate::store::Store;
 
-/// How the worker treats deliveries.
+/// How the worker treats deliveries and failures.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
     /// The `pbx` column value.
@@ -30,243 +33,445 @@ pub struct WorkerSettings {
     pub handled_types: Vec<i64>,
     /// How long a shutdown may take to finish in-flight work.
     pub shutdown_timeout: Duration,
-    /// Wait before trying again after a PBX configuration/auth failure.
-    pub configuration_retry: Duration,
-    /// Retries of a database write that failed because the database is
-    /// unavailable.
+    /// Durable retries through the retry queue: `attempts` in all (the first
+    /// included), waiting `delay(n)` before attempt `n + 1`.
+    pub retry: Backoff,
+    /// In-process retries of a database write (the PBX is not asked again).
     pub store_retry: Backoff,
+    /// Coalescing, fetch concurrency and write batching.
+    pub pipeline: PipelineSettings,
+    /// Waits between reconnects to the broker.
+    pub reconnect: Backoff,
+    /// Waits between probes of a database that made the worker pause.
+    pub database_probe: Backoff,
+    /// Waits between probes of a PBX that refused the worker's
+    /// configuration (its logins are spaced further by the token cache).
+    pub pbx_probe: Backoff,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        let unbounded = |initial, max| Backoff {
+            initial,
+            max,
+            attempts: u32::MAX,
+        };
+        Self {
+            pbx_id: "default".into(),
+            handled_types: vec![event::NEW_MESSAGE_EVENT],
+            shutdown_timeout: Duration::from_secs(20),
+            // 5 s doubling to 10 min: 12 attempts span about an hour.
+            retry: Backoff {
+                initial: Duration::from_secs(5),
+                max: Duration::from_secs(600),
+                attempts: 12,
+            },
+            store_retry: Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+                attempts: 5,
+            },
+            pipeline: PipelineSettings {
+                fetchers: 16,
+                batch_max: 200,
+                batch_linger: Duration::from_millis(5),
+            },
+            reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
+            database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
+            pbx_probe: unbounded(Duration::from_secs(30), Duration::from_secs(1800)),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error("the broker ended the consumer")]
-    ConsumerEnded,
+    #[error("the broker refused the worker's topology: {0}")]
+    Topology(BrokerError),
     #[error("shutdown deadline of {0:?} passed with work in flight; it will be redelivered")]
     ShutdownDeadline(Duration),
 }
 
-struct Context {
-    broker: Broker,
+/// What the worker shares with every delivery it processes.
+struct Shared {
     enricher: Enricher,
     settings: WorkerSettings,
     counts: Arc<OutcomeCounts>,
-    readiness: Arc<Readiness>,
 }
 
 pub struct Worker {
-    context: Arc<Context>,
+    broker: BrokerSettings,
+    shared: Arc<Shared>,
+    status: Arc<WorkerStatus>,
+}
+
+/// Why a consuming session on one connection ended.
+enum SessionEnd {
+    Shutdown { drained: bool },
+    BrokerLost(String),
+    Paused(Pause),
 }
 
 impl Worker {
     pub fn new(
-        broker: Broker,
+        broker: BrokerSettings,
         enricher: Enricher,
         settings: WorkerSettings,
         counts: Arc<OutcomeCounts>,
-        readiness: Arc<Readiness>,
     ) -> Self {
         Self {
-            context: Arc::new(Context {
-                broker,
+            broker,
+            shared: Arc::new(Shared {
                 enricher,
                 settings,
                 counts,
-                readiness,
             }),
+            status: Arc::new(WorkerStatus::default()),
         }
     }
 
-    /// Consumes until `shutdown` is cancelled (then returns `Ok` once
-    /// in-flight work is settled) or the consumer fails. Either way it stops
-    /// consuming, waits up to the shutdown deadline for in-flight work,
-    /// revokes the PBX token and closes the broker and the pool.
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting and pausing as
+    /// needed; then stops consuming, waits up to the shutdown deadline for
+    /// in-flight work, revokes the PBX token and closes the pool. Fails only
+    /// on a topology conflict or a missed shutdown deadline.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let ctx = self.context;
+        let result = self.supervise(&shutdown).await;
+        self.status.set_consuming(false);
+        self.shared.enricher.pbx().revoke_token().await;
+        self.shared.enricher.store().close().await;
+        result
+    }
+
+    async fn supervise(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let settings = &self.shared.settings;
+        let mut failures = 0;
+        loop {
+            let connected = tokio::select! {
+                connected = Broker::connect(self.broker.clone()) => connected,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            let broker = match connected {
+                Ok(broker) => Arc::new(broker),
+                Err(e) if e.is_topology_conflict() => {
+                    tracing::error!(error = %e, "RabbitMQ refused the queue declarations; fix the queues or AMQP_QUEUE.");
+                    return Err(WorkerError::Topology(e));
+                }
+                Err(e) => {
+                    let wait = settings.reconnect.delay(failures);
+                    failures = failures.saturating_add(1);
+                    self.status
+                        .set_problem(Some(format!("RabbitMQ unavailable: {e}")));
+                    tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "Cannot reach RabbitMQ; retrying.");
+                    if !sleep_unless(wait, shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let end = self.consume(&broker, shutdown).await;
+            broker.close().await;
+            match end {
+                SessionEnd::Shutdown { drained: true } => return Ok(()),
+                SessionEnd::Shutdown { drained: false } => {
+                    return Err(WorkerError::ShutdownDeadline(settings.shutdown_timeout));
+                }
+                SessionEnd::BrokerLost(why) => {
+                    metrics::get().broker_connection_lost();
+                    self.status
+                        .set_problem(Some(format!("RabbitMQ connection lost: {why}")));
+                    // A connection that dies at once must not be retried in a
+                    // tight loop; one that lived a while starts afresh.
+                    failures = if started.elapsed() > Duration::from_secs(30) {
+                        0
+                    } else {
+                        failures + 1
+                    };
+                    let wait = settings.reconnect.delay(failures);
+                    tracing::warn!(error = %why, wait_ms = wait.as_millis() as u64,
+                        "Lost the RabbitMQ connection; unacked deliveries will be redelivered. Reconnecting.");
+                    if !sleep_unless(wait, shutdown).await {
+                        return Ok(());
+                    }
+                }
+                SessionEnd::Paused(pause) => {
+                    failures = 0;
+                    if !self.wait_out(&pause, shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes on one connection until shutdown, a pause or the loss of
+    /// the connection, then stops consuming and settles in-flight work.
+    async fn consume(&self, broker: &Arc<Broker>, shutdown: &CancellationToken) -> SessionEnd {
         let tag = format!(
             "session-enricher-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         );
-        let result = consume(&ctx, &tag, &shutdown).await;
-        ctx.readiness.set_consuming(false);
-        let (result, mut in_flight) = match result {
-            Ok(tasks) => (Ok(()), tasks),
-            Err((e, tasks)) => (Err(e), tasks),
+        let mut deliveries = match broker.consume(&tag).await {
+            Ok(deliveries) => deliveries,
+            Err(e) => return SessionEnd::BrokerLost(e.to_string()),
         };
-        if let Err(e) = ctx.broker.cancel(&tag).await {
+        self.status.set_consuming(true);
+        self.status.set_problem(None);
+        tracing::info!(consumer = %tag, "Consuming.");
+        let settings = &self.shared.settings;
+        let (pauses, mut paused) = mpsc::unbounded_channel::<Pause>();
+        let pipeline = Pipeline::start(
+            settings.pipeline,
+            settings.store_retry,
+            Arc::clone(self.shared.enricher.pbx()),
+            self.shared.enricher.store().clone(),
+            settings.pbx_id.clone(),
+            self.settle_step(broker),
+            pauses,
+        );
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break SessionEnd::Shutdown { drained: true },
+                Some(pause) = paused.recv() => break SessionEnd::Paused(pause),
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => match event::parse(&delivery.body, &settings.handled_types) {
+                        Ok(Event::Message(message)) => pipeline.submit(delivery, message),
+                        Ok(Event::Ignored { event_type }) => pipeline.settle_directly(delivery, Outcome::Skipped { event_type }),
+                        Err(malformed) => {
+                            let reason = malformed.to_string();
+                            pipeline.settle_directly(delivery, Outcome::DeadLetter { reason });
+                        }
+                    },
+                    Some(Err(e)) => break SessionEnd::BrokerLost(e.to_string()),
+                    None => break SessionEnd::BrokerLost("the broker cancelled the consumer".into()),
+                },
+            }
+        };
+        self.status.set_consuming(false);
+        if let Err(e) = broker.cancel(&tag).await {
             tracing::debug!(error = %e, "Consumer already gone.");
         }
+        drop(deliveries);
         tracing::info!(
-            in_flight = in_flight.len(),
-            "Stopped consuming; finishing in-flight work."
+            in_flight = pipeline.unsettled(),
+            "Stopped consuming; settling in-flight work."
         );
-        let deadline = ctx.settings.shutdown_timeout;
-        let drained = tokio::time::timeout(deadline, async {
-            while let Some(joined) = in_flight.join_next().await {
-                report_panic(joined);
-            }
-        })
-        .await
-        .is_ok();
+        let drained = tokio::time::timeout(settings.shutdown_timeout, pipeline.drain())
+            .await
+            .is_ok();
         if !drained {
-            // Cancelling a task mid-transaction would return its connection
-            // to the pool inside the transaction (sqlx 0.9): the pool is
-            // closed right after, so none of them is reused.
-            in_flight.abort_all();
+            // Stopping a fetcher or the writer mid-transaction would return
+            // its connection to the pool inside the transaction (sqlx 0.9):
+            // the worker only does so on its way out, and the pool is closed
+            // right after.
+            tracing::warn!(
+                unsettled = pipeline.unsettled(),
+                "In-flight work did not finish in time; it will be redelivered."
+            );
         }
-        ctx.enricher.pbx().revoke_token().await;
-        ctx.broker.close().await;
-        ctx.enricher.store().close().await;
-        match result {
-            Ok(()) if !drained => Err(WorkerError::ShutdownDeadline(deadline)),
+        pipeline.stop();
+        match end {
+            SessionEnd::Shutdown { .. } => SessionEnd::Shutdown { drained },
             other => other,
         }
     }
-}
 
-type InFlight = JoinSet<()>;
-
-async fn consume(
-    ctx: &Arc<Context>,
-    tag: &str,
-    shutdown: &CancellationToken,
-) -> Result<InFlight, (WorkerError, InFlight)> {
-    let mut in_flight = JoinSet::new();
-    let mut deliveries = match ctx.broker.consume(tag).await {
-        Ok(d) => d,
-        Err(e) => return Err((e.into(), in_flight)),
-    };
-    tracing::info!(queue = tag, "Consuming.");
-    ctx.readiness.set_consuming(true);
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(in_flight),
-            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => report_panic(joined),
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => {
-                    let ctx = Arc::clone(ctx);
-                    let shutdown = shutdown.clone();
-                    in_flight.spawn(async move { process(&ctx, delivery, &shutdown).await });
-                }
-                Some(Err(e)) => return Err((e.into(), in_flight)),
-                None => return Err((WorkerError::ConsumerEnded, in_flight)),
-            },
-        }
-    }
-}
-
-fn report_panic(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined
-        && e.is_panic()
-    {
-        tracing::error!(error = %e, "Processing a delivery panicked; it stays unacked and will be redelivered.");
-    }
-}
-
-async fn process(ctx: &Context, delivery: Delivery, shutdown: &CancellationToken) {
-    let _in_flight = metrics::get().event_in_flight();
-    let outcome = decide(ctx, &delivery, shutdown).await;
-    let settled = settle(&ctx.broker, &delivery, outcome).await;
-    ctx.counts.record(&settled);
-    metrics::get().event_settled(&settled, delivery.published_at);
-}
-
-/// Decides what to do with one delivery: parse it, then enrich its session.
-/// Transient failures have been retried in-process by the time this returns
-/// `Retry`; configuration failures are waited out here (the delivery stays
-/// unacked) until they clear or shutdown begins.
-async fn decide(ctx: &Context, delivery: &Delivery, shutdown: &CancellationToken) -> Outcome {
-    let message = match event::parse(&delivery.body, &ctx.settings.handled_types) {
-        Err(malformed) => {
-            return Outcome::DeadLetter {
-                reason: malformed.to_string(),
-            };
-        }
-        Ok(Event::Ignored { event_type }) => return Outcome::Skipped { event_type },
-        Ok(Event::Message(message)) => message,
-    };
-    let span = tracing::info_span!("event", pbx = %ctx.settings.pbx_id, session_id = message.session_id.get(),
-        msg_id = message.msg_id.as_deref());
-    async {
-        loop {
-            let why = match ctx.enricher.enrich(message.session_id).await {
-                Ok(Enrichment::Written) => return Outcome::Enriched,
-                Ok(Enrichment::Stale) => return Outcome::Unchanged,
-                Ok(Enrichment::Missing { marked }) => {
-                    tracing::info!(marked_missing = marked, "Session not found on the PBX.");
-                    return Outcome::NotFound;
-                }
-                Err(EnrichError::Pbx(PbxError::Rejected(why))) => {
-                    return Outcome::DeadLetter { reason: why };
-                }
-                Err(EnrichError::Store(StoreError::Refused(why))) => {
-                    return Outcome::DeadLetter { reason: why };
-                }
-                Err(
-                    e @ (EnrichError::Pbx(PbxError::Transient(_))
-                    | EnrichError::Store(StoreError::Unavailable(_))),
-                ) => {
-                    return Outcome::Retry {
-                        reason: e.to_string(),
-                    };
-                }
-                Err(EnrichError::Pbx(PbxError::NotFound)) => return Outcome::NotFound,
-                Err(e @ EnrichError::Pbx(PbxError::Configuration { .. })) => e,
-            };
-            tracing::error!(error = %why, retry_in_s = ctx.settings.configuration_retry.as_secs(),
-                "The PBX refused the worker's configuration; holding the event.");
-            tokio::select! {
-                () = tokio::time::sleep(ctx.settings.configuration_retry) => {}
-                () = shutdown.cancelled() => return Outcome::Abandon,
+    /// The step that settles each delivery the pipeline finishes: in the
+    /// event's span, through the one `Settler`, counted.
+    fn settle_step(&self, broker: &Arc<Broker>) -> Settle {
+        let broker = Arc::clone(broker);
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |pending: Pending, outcome: Outcome| {
+            let broker = Arc::clone(&broker);
+            let shared = Arc::clone(&shared);
+            async move {
+                let span = match &pending.event {
+                    Some(event) => tracing::info_span!("event", pbx = %shared.settings.pbx_id,
+                        session_id = event.session_id.get(), msg_id = event.msg_id.as_deref(),
+                        attempts = pending.delivery.attempts),
+                    None => tracing::info_span!("event", pbx = %shared.settings.pbx_id),
+                };
+                let settler = Settler {
+                    broker: &broker,
+                    store: shared.enricher.store(),
+                    retry: &shared.settings.retry,
+                };
+                let settled = settler
+                    .settle(&pending.delivery, outcome)
+                    .instrument(span)
+                    .await;
+                shared.counts.record(&settled);
+                metrics::get().event_settled(&settled, pending.delivery.published_at_ms);
             }
+            .boxed()
+        })
+    }
+
+    /// Waits until the dependency that caused `pause` recovers, probing it
+    /// with backoff, without consuming. `false` if shutdown came first.
+    async fn wait_out(&self, pause: &Pause, shutdown: &CancellationToken) -> bool {
+        let settings = &self.shared.settings;
+        let (probe, what) = match pause {
+            Pause::Pbx { .. } => (
+                settings.pbx_probe,
+                "the PBX refuses the worker's configuration",
+            ),
+            Pause::Database { .. } => (settings.database_probe, "the database is unavailable"),
+        };
+        self.status
+            .set_problem(Some(format!("paused: {}", pause.reason())));
+        tracing::error!(
+            reason = pause.reason(),
+            "Paused: {what}; deliveries are back in the queue and nothing is dead-lettered."
+        );
+        let mut attempt = 0;
+        loop {
+            if !sleep_unless(probe.delay(attempt), shutdown).await {
+                return false;
+            }
+            attempt = attempt.saturating_add(1);
+            let recovered = match pause {
+                Pause::Database { .. } => self.shared.enricher.store().ping().await.is_ok(),
+                Pause::Pbx { session_id, .. } => !matches!(
+                    self.shared.enricher.pbx().fetch_session(*session_id).await,
+                    Err(PbxError::Configuration { .. })
+                ),
+            };
+            if recovered {
+                tracing::info!("Recovered: {what} no more; consuming again.");
+                return true;
+            }
+            if matches!(pause, Pause::Pbx { .. })
+                && self.shared.enricher.pbx().logins_halted().await
+            {
+                self.status.set_problem(Some(format!(
+                    "paused: {}; logins stopped to keep this IP from being blocked: fix the credentials (or lift the block), then restart",
+                    pause.reason()
+                )));
+            }
+            tracing::debug!(attempt, "Still paused: {what}.");
         }
     }
-    .instrument(span)
-    .await
 }
 
-/// Carries out an outcome; the only place deliveries are acked, dead-lettered
-/// or requeued. Returns the outcome that actually took effect: a dead letter
-/// that could not be published is requeued instead, never acked.
-async fn settle(broker: &Broker, delivery: &Delivery, outcome: Outcome) -> Outcome {
-    let settled = match &outcome {
-        Outcome::Enriched | Outcome::Unchanged | Outcome::Skipped { .. } | Outcome::NotFound => {
-            ack(delivery).await;
-            outcome
-        }
-        Outcome::DeadLetter { reason } => match broker.dead_letter(delivery, reason).await {
-            Ok(()) => {
-                tracing::warn!(reason = %reason, "Event dead-lettered.");
+/// Sleeps `wait` unless shutdown comes first; `false` if it did.
+async fn sleep_unless(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        () = shutdown.cancelled() => false,
+    }
+}
+
+/// What settling a delivery needs: the broker for acks and publishes, the
+/// store for the record of dead letters already published.
+struct Settler<'a> {
+    broker: &'a Broker,
+    store: &'a Store,
+    retry: &'a Backoff,
+}
+
+impl Settler<'_> {
+    /// Carries out an outcome: the only place deliveries are acked,
+    /// dead-lettered, sent to retry or returned. Nothing is acked before what
+    /// it stands for is committed (rows) or confirmed by the broker (a dead
+    /// letter, a retry). Returns the outcome that took effect.
+    async fn settle(&self, delivery: &Delivery, outcome: Outcome) -> Outcome {
+        let settled = match outcome {
+            Outcome::Enriched
+            | Outcome::Unchanged
+            | Outcome::Skipped { .. }
+            | Outcome::NotFound => {
                 ack(delivery).await;
                 outcome
             }
-            Err(e) => {
-                tracing::warn!(error = %e, reason = %reason, "Could not dead-letter the event; requeueing it.");
-                requeue(delivery).await;
-                Outcome::Retry {
-                    reason: e.to_string(),
-                }
+            Outcome::DeadLetter { reason } => {
+                self.dead_letter(delivery, reason, delivery.attempts.max(1))
+                    .await
             }
-        },
-        Outcome::Retry { reason } => {
-            tracing::warn!(reason = %reason, "Event failed for now; requeueing it.");
-            requeue(delivery).await;
-            outcome
+            Outcome::Retry { reason } => self.retry_later(delivery, reason).await,
+            Outcome::Hold(pause) => {
+                requeue(delivery, pause.reason().to_owned()).await;
+                Outcome::Hold(pause)
+            }
+            Outcome::Crashed { panic } => {
+                tracing::error!(panic = %panic, "Processing the event panicked; returning it (the queue's delivery limit bounds repeats).");
+                requeue(delivery, panic.clone()).await;
+                Outcome::Crashed { panic }
+            }
+            Outcome::Requeued { reason } => requeue(delivery, reason).await,
+        };
+        tracing::debug!(outcome = ?settled, "Delivery settled.");
+        settled
+    }
+
+    async fn retry_later(&self, delivery: &Delivery, reason: String) -> Outcome {
+        let attempts = delivery.attempts.saturating_add(1);
+        if attempts >= self.retry.attempts {
+            let reason = format!("gave up after {attempts} attempts: {reason}");
+            return self.dead_letter(delivery, reason, attempts).await;
         }
-        Outcome::Abandon => outcome,
-    };
-    tracing::debug!(outcome = ?settled, "Delivery settled.");
-    settled
+        let delay = self.retry.delay(attempts - 1);
+        match self
+            .broker
+            .retry_later(delivery, attempts, delay, &reason)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(reason = %reason, attempts, retry_in_ms = delay.as_millis() as u64, "Event failed for now; retrying later.");
+                ack(delivery).await;
+                Outcome::Retry { reason }
+            }
+            Err(e) => requeue(delivery, format!("the retry queue refused it: {e}")).await,
+        }
+    }
+
+    /// Publishes the dead letter, records it, then acks. A redelivery of an
+    /// event already dead-lettered (its ack was lost) is acked, not
+    /// published again. One window remains: a publish the broker took but
+    /// whose confirm was lost is published again on redelivery; the
+    /// `x-enricher-body-sha256` header lets readers of `.dead` drop it.
+    async fn dead_letter(&self, delivery: &Delivery, reason: String, attempts: u32) -> Outcome {
+        let digest = Sha256::digest(&delivery.body);
+        if delivery.redelivered
+            && self
+                .store
+                .dead_letter_recorded(&digest)
+                .await
+                .unwrap_or(false)
+        {
+            tracing::info!(reason = %reason, "Redelivery of an event already dead-lettered; acking it.");
+            ack(delivery).await;
+            return Outcome::DeadLetter { reason };
+        }
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        match self
+            .broker
+            .dead_letter(delivery, &reason, attempts, &hex)
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(reason = %reason, "Event dead-lettered.");
+                if let Err(e) = self.store.record_dead_letter(&digest, &reason).await {
+                    tracing::warn!(error = %e, "Could not record the dead letter; a lost ack would duplicate it.");
+                }
+                ack(delivery).await;
+                Outcome::DeadLetter { reason }
+            }
+            Err(e) => requeue(delivery, format!("the dead-letter queue refused it: {e}")).await,
+        }
+    }
 }
 
 async fn ack(delivery: &Delivery) {
     match delivery.ack().await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
-            "Ack dropped: the channel was recovered; the broker will redeliver (writes are idempotent)."
+            "Ack dropped: its channel is gone; the broker will redeliver (writes are idempotent)."
         ),
         Err(e) => {
             tracing::warn!(error = %e, "Ack failed; the broker will redeliver (writes are idempotent).")
@@ -274,8 +479,11 @@ async fn ack(delivery: &Delivery) {
     }
 }
 
-async fn requeue(delivery: &Delivery) {
+/// Returns the delivery to the queue (or, if its channel is gone, lets the
+/// broker do so).
+async fn requeue(delivery: &Delivery, reason: String) -> Outcome {
     if let Err(e) = delivery.requeue().await {
         tracing::warn!(error = %e, "Requeue failed; the broker will redeliver.");
     }
+    Outcome::Requeued { reason }
 }

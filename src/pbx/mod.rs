@@ -6,6 +6,7 @@
 mod api;
 mod error;
 mod observe;
+mod status;
 mod token;
 
 use std::sync::Arc;
@@ -15,10 +16,10 @@ use chrono::Utc;
 use tokio::sync::Semaphore;
 
 pub use error::PbxError;
+pub use status::{PbxAccess, PbxStatus};
 pub use token::TokenEvents;
 
 use crate::backoff::Backoff;
-use crate::readiness::Readiness;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::{Api, CallError};
@@ -47,13 +48,15 @@ pub struct PbxClient {
     api: Api,
     tokens: TokenCache,
     token_events: TokenCounter,
+    /// Whether the PBX grants or refuses tokens, for readiness.
+    status: Arc<PbxStatus>,
     in_flight: Semaphore,
     retry: Backoff,
 }
 
 impl PbxClient {
-    /// `readiness` hears whether the PBX grants or refuses tokens.
-    pub fn new(settings: PbxSettings, readiness: Arc<Readiness>) -> Result<Self, PbxError> {
+    pub fn new(settings: PbxSettings) -> Result<Self, PbxError> {
+        let status = Arc::new(PbxStatus::default());
         Ok(Self {
             api: Api::new(
                 &settings.base_url,
@@ -64,8 +67,9 @@ impl PbxClient {
                 settings.client_id,
                 settings.client_secret,
                 settings.login_retry_min,
-                readiness,
+                Arc::clone(&status),
             ),
+            status,
             token_events: TokenCounter::default(),
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             retry: settings.retry,
@@ -154,9 +158,20 @@ impl PbxClient {
             .map(drop)
     }
 
+    /// What the PBX last said about the credentials (for readiness).
+    pub fn status(&self) -> Arc<PbxStatus> {
+        Arc::clone(&self.status)
+    }
+
     /// Whether a valid token is held now (for readiness).
     pub async fn has_valid_token(&self) -> bool {
         self.tokens.is_valid().await
+    }
+
+    /// Whether refused logins made this process stop logging in (an
+    /// operator must fix the credentials or lift an IP block, then restart).
+    pub async fn logins_halted(&self) -> bool {
+        self.tokens.is_halted().await
     }
 
     pub fn token_events(&self) -> TokenEvents {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::PbxError;
+use super::PbxStatus;
 use super::api::{Api, TokenPair};
-use crate::readiness::Readiness;
 use crate::secret::Secret;
 
 /// Refused logins in a row after which this process stops trying: the PBX
@@ -22,7 +22,7 @@ pub(crate) struct TokenCache {
     /// The shortest wait after a refused login; doubles with each refusal.
     login_retry_min: Duration,
     /// Told when the PBX grants or refuses a token.
-    readiness: std::sync::Arc<Readiness>,
+    status: std::sync::Arc<PbxStatus>,
     state: Mutex<TokenState>,
 }
 
@@ -48,13 +48,13 @@ impl TokenCache {
         client_id: String,
         client_secret: Secret,
         login_retry_min: Duration,
-        readiness: std::sync::Arc<Readiness>,
+        status: std::sync::Arc<PbxStatus>,
     ) -> Self {
         Self {
             client_id,
             client_secret,
             login_retry_min,
-            readiness,
+            status,
             state: Mutex::new(TokenState::default()),
         }
     }
@@ -76,7 +76,7 @@ impl TokenCache {
             match api.refresh_token(&old.refresh).await {
                 Ok(fresh) => {
                     events.refreshed();
-                    self.readiness.pbx_granted();
+                    self.status.granted();
                     tracing::debug!("PBX access token refreshed.");
                     let access = fresh.access.clone();
                     state.token = Some(fresh);
@@ -116,6 +116,11 @@ impl TokenCache {
         self.state.lock().await.token.take().map(|t| t.access)
     }
 
+    /// Whether logins stopped for good after refusals.
+    pub async fn is_halted(&self) -> bool {
+        self.state.lock().await.halted.is_some()
+    }
+
     /// Whether a token is held and valid now.
     pub async fn is_valid(&self) -> bool {
         let state = self.state.lock().await;
@@ -146,7 +151,7 @@ impl TokenCache {
                     tracing::info!("PBX login accepted again.");
                 }
                 state.refused_logins = 0;
-                self.readiness.pbx_granted();
+                self.status.granted();
                 state.next_login_at = None;
                 state.last_refusal = None;
                 let access = token.access.clone();
@@ -161,8 +166,15 @@ impl TokenCache {
                     .saturating_mul(2u32.saturating_pow(state.refused_logins - 1))
                     .min(Duration::from_secs(3600));
                 state.next_login_at = Some(Instant::now() + wait);
-                let blocked = matches!(&refused, PbxError::Configuration { reason, .. } if reason.starts_with("errcode 70004"));
-                if blocked || state.refused_logins >= MAX_REFUSED_LOGINS {
+                let reason = match &refused {
+                    PbxError::Configuration { reason, .. } => reason.as_str(),
+                    _ => "",
+                };
+                // Bad credentials count towards the PBX's IP block (5 in a
+                // row); an IP already blocked must not be tried again.
+                let blocked = reason.starts_with("errcode 70004");
+                let credentials = reason.starts_with("errcode -1 ");
+                if blocked || (credentials && state.refused_logins >= MAX_REFUSED_LOGINS) {
                     tracing::error!(error = %refused, refused_logins = state.refused_logins,
                         "PBX login refused; no more logins until this process restarts with working credentials.");
                     state.halted = Some(refused.clone());
@@ -171,7 +183,7 @@ impl TokenCache {
                         "PBX login refused.");
                 }
                 state.last_refusal = Some(refused.clone());
-                self.readiness.pbx_refused(&refused);
+                self.status.refused(&refused);
                 Err(refused)
             }
         }

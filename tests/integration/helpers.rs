@@ -19,9 +19,9 @@ use session_enricher::backoff::Backoff;
 use session_enricher::broker::{Broker, BrokerSettings};
 use session_enricher::enricher::Enricher;
 use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
-use session_enricher::pbx::{PbxClient, PbxSettings};
-use session_enricher::readiness::Readiness;
+use session_enricher::pbx::{PbxClient, PbxSettings, PbxStatus};
 use session_enricher::simulator::{Simulator, SimulatorSettings};
+use session_enricher::status::WorkerStatus;
 use session_enricher::store::{Store, StoreSettings};
 use session_enricher::worker::{Worker, WorkerError, WorkerSettings};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -165,10 +165,35 @@ pub struct TestEnv {
     channel: lapin::Channel,
 }
 
+/// A message of the dead-letter queue and why it is there.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    /// `x-enricher-error`: set when the worker dead-lettered it.
+    pub reason: Option<String>,
+    /// `x-enricher-attempts`.
+    pub attempts: Option<i64>,
+    /// `x-first-death-reason`: set when the broker dead-lettered it (e.g.
+    /// `delivery_limit`).
+    pub broker_reason: Option<String>,
+}
+
+/// Every part of an in-process worker, adjustable (e.g. to route a
+/// connection through a `Proxy`).
+pub struct WorkerSetup {
+    pub broker: BrokerSettings,
+    pub pbx: PbxSettings,
+    pub store: StoreSettings,
+    pub worker: WorkerSettings,
+}
+
 pub struct RunningWorker {
     pub counts: Arc<OutcomeCounts>,
     pub stop: CancellationToken,
     pub handle: JoinHandle<Result<(), WorkerError>>,
+    pub status: Arc<WorkerStatus>,
+    /// What the worker's PBX client last heard about its credentials.
+    pub pbx: Arc<PbxStatus>,
 }
 
 impl RunningWorker {
@@ -235,6 +260,13 @@ impl TestEnv {
             channel,
         };
         env.migrate().await;
+        // The worker's own topology (quorum work queue, .retry, .dead), so
+        // tests can publish before a worker starts.
+        Broker::connect(env.broker_settings())
+            .await
+            .expect("declare the topology")
+            .close()
+            .await;
         env
     }
 
@@ -259,6 +291,7 @@ impl TestEnv {
             exchange: None,
             routing_key: None,
             prefetch: 50,
+            delivery_limit: 5,
         }
     }
 
@@ -281,14 +314,28 @@ impl TestEnv {
     }
 
     pub fn worker_settings(&self) -> WorkerSettings {
+        let quick = |attempts| Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            attempts,
+        };
         WorkerSettings {
             pbx_id: PBX.into(),
             shutdown_timeout: Duration::from_secs(10),
-            store_retry: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(100),
-                attempts: 5,
+            store_retry: quick(3),
+            pipeline: session_enricher::pipeline::PipelineSettings {
+                fetchers: 8,
+                batch_max: 50,
+                batch_linger: Duration::from_millis(2),
             },
+            retry: Backoff {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+                attempts: 3,
+            },
+            reconnect: quick(u32::MAX),
+            database_probe: quick(u32::MAX),
+            pbx_probe: quick(u32::MAX),
             ..WorkerSettings::default()
         }
     }
@@ -297,55 +344,53 @@ impl TestEnv {
         Store::connect_lazy(&self.store_settings()).unwrap()
     }
 
-    /// An enricher whose PBX client reports token grants and refusals to
-    /// `readiness`.
-    pub fn enricher_reporting_to(&self, readiness: Arc<Readiness>) -> Enricher {
-        Enricher::new(
-            PbxClient::new(self.pbx_settings(), readiness).unwrap(),
-            self.store(),
-            PBX.into(),
-            self.worker_settings().store_retry,
-        )
-    }
-
     /// Starts a worker in-process with the default test settings.
     pub async fn start_worker(&self) -> RunningWorker {
         self.start_worker_with(self.worker_settings()).await
     }
 
     pub async fn start_worker_with(&self, settings: WorkerSettings) -> RunningWorker {
-        self.start_worker_reporting_to(settings, Arc::default())
-            .await
+        self.spawn(WorkerSetup {
+            worker: settings,
+            ..self.setup()
+        })
     }
 
-    /// Starts a worker whose consumer and PBX client report to `readiness`.
-    pub async fn start_worker_reporting_to(
-        &self,
-        settings: WorkerSettings,
-        readiness: Arc<Readiness>,
-    ) -> RunningWorker {
-        let broker = Broker::connect(self.broker_settings())
-            .await
-            .expect("worker connects to RabbitMQ");
+    /// The default test settings of every part, to adjust before `spawn`.
+    pub fn setup(&self) -> WorkerSetup {
+        WorkerSetup {
+            broker: self.broker_settings(),
+            pbx: self.pbx_settings(),
+            store: self.store_settings(),
+            worker: self.worker_settings(),
+        }
+    }
+
+    pub fn spawn(&self, setup: WorkerSetup) -> RunningWorker {
         let counts = Arc::new(OutcomeCounts::default());
         let stop = CancellationToken::new();
-        let worker = Worker::new(
-            broker,
-            self.enricher_reporting_to(Arc::clone(&readiness)),
-            settings,
-            Arc::clone(&counts),
-            readiness,
+        let pbx_client = PbxClient::new(setup.pbx).unwrap();
+        let pbx = pbx_client.status();
+        let enricher = Enricher::new(
+            pbx_client,
+            Store::connect_lazy(&setup.store).unwrap(),
+            PBX.into(),
+            setup.worker.store_retry,
         );
+        let worker = Worker::new(setup.broker, enricher, setup.worker, Arc::clone(&counts));
+        let status = worker.status();
         let handle = tokio::spawn(worker.run(stop.clone()));
         RunningWorker {
             counts,
             stop,
             handle,
+            status,
+            pbx,
         }
     }
 
     /// Publishes a persistent message to the work queue and waits for the
-    /// broker's confirm. The queue is declared first (as the worker would).
+    /// broker's confirm.
     pub async fn publish(&self, body: &[u8]) {
         self.publish_with_headers(body, FieldTable::default()).await;
     }
@@ -366,17 +411,6 @@ impl TestEnv {
     }
 
     async fn publish_with_properties(&self, body: &[u8], properties: BasicProperties) {
-        self.channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the work queue");
         let confirm = self
             .channel
             .basic_publish(
@@ -418,6 +452,16 @@ impl TestEnv {
 
     /// Takes every message of the dead-letter queue: body and reason header.
     pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, String)> {
+        self.take_dead_letters_in_full()
+            .await
+            .into_iter()
+            .map(|d| (d.body, d.reason.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Takes every message of the dead-letter queue with the headers that
+    /// say why it is there.
+    pub async fn take_dead_letters_in_full(&self) -> Vec<DeadLetter> {
         let mut out = Vec::new();
         while let Some(got) = self
             .channel
@@ -428,20 +472,111 @@ impl TestEnv {
             .await
             .expect("basic.get on the dead-letter queue")
         {
-            let reason = got
+            let headers = got
                 .delivery
                 .properties
                 .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("x-enricher-error").cloned())
-                .map(|v| match v {
-                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                    other => format!("{other:?}"),
-                })
+                .clone()
                 .unwrap_or_default();
-            out.push((got.delivery.data, reason));
+            let header = |name: &str| headers.inner().get(name).cloned();
+            let reason = header("x-enricher-error").map(|v| match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            });
+            let attempts = header("x-enricher-attempts").and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => Some(n),
+                AMQPValue::LongInt(n) => Some(i64::from(n)),
+                _ => None,
+            });
+            let broker_reason = header("x-first-death-reason").map(|v| match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            });
+            out.push(DeadLetter {
+                body: got.delivery.data,
+                reason,
+                attempts,
+                broker_reason,
+            });
         }
         out
+    }
+
+    /// Takes every message of a queue and returns the session ids of those
+    /// that are message events.
+    pub async fn take_session_ids(&self, queue: &str) -> Vec<i64> {
+        let mut ids = Vec::new();
+        while let Some(got) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            let body: Value = serde_json::from_slice(&got.delivery.data).unwrap_or(Value::Null);
+            if let Some(id) = body.pointer("/msg/session_id").and_then(Value::as_i64) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Declares a plain classic queue, as someone might by hand.
+    pub async fn declare_classic_queue(&self, queue: &str) {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a classic queue");
+    }
+
+    pub async fn delete_queue(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+
+    /// `DATABASE_URL` of this test's database through `proxy`.
+    pub fn db_url_via(&self, proxy: &crate::proxy::Proxy) -> String {
+        format!("postgres://postgres@{}/{}", proxy.addr, self.name)
+    }
+
+    /// `AMQP_URL` through `proxy`, with 1 s heartbeats so a stall is noticed.
+    pub fn amqp_url_via(&self, proxy: &crate::proxy::Proxy) -> String {
+        format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr)
+    }
+
+    /// The real binary's `run`, configured for this test (more settings can
+    /// be added to the returned command).
+    pub fn binary_run(&self) -> std::process::Command {
+        let defaults = SimulatorSettings::default();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_session-enricher"));
+        command
+            .arg("run")
+            .env("DATABASE_URL", &self.db_url)
+            .env("AMQP_URL", amqp_url())
+            .env("AMQP_QUEUE", &self.queue)
+            .env("YEASTAR_BASE_URL", self.sim.base_url())
+            .env("YEASTAR_CLIENT_ID", &defaults.client_id)
+            .env("YEASTAR_CLIENT_SECRET", defaults.client_secret.expose())
+            .env("YEASTAR_PBX_ID", PBX)
+            .env(
+                "ENRICHER_DELIVERY_LIMIT",
+                self.broker_settings().delivery_limit.to_string(),
+            )
+            // A free port: tests run binaries side by side.
+            .env("ENRICHER_HTTP_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command
     }
 
     pub async fn session_count(&self) -> i64 {
@@ -487,7 +622,11 @@ impl Drop for TestEnv {
         self.sim.stop();
         let (name, queues) = (
             self.name.clone(),
-            [self.queue.clone(), self.dead_queue.clone()],
+            [
+                self.queue.clone(),
+                self.dead_queue.clone(),
+                format!("{}.retry", self.queue),
+            ],
         );
         // A runtime of its own: this may run while a test's runtime unwinds.
         let cleanup = std::thread::spawn(move || {

@@ -1,11 +1,15 @@
 //! Integration tests against the local RabbitMQ and Postgres, with the PBX
 //! played by the in-process simulator. See `helpers` for the isolation rules.
 
+mod chaos;
 mod cli;
 mod deployment;
 mod enrichment;
 mod events;
+mod failures;
 mod helpers;
 mod operations;
 mod pbx_client;
+mod pipeline;
+mod proxy;
 mod reliability;

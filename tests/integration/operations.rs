@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use session_enricher::health::{HealthServer, ReadinessChecks};
-use session_enricher::pbx::PbxClient;
-use session_enricher::readiness::Readiness;
+use session_enricher::pbx::{PbxClient, PbxStatus};
 use session_enricher::secret::Secret;
 use session_enricher::simulator::SimulatorSettings;
+use session_enricher::status::WorkerStatus;
 use session_enricher::store::Store;
 
 use crate::helpers::{TestEnv, new_message_event, wait_for};
@@ -35,43 +35,50 @@ async fn readyz(addr: std::net::SocketAddr) -> (u16, Value) {
 #[tokio::test]
 async fn readyz_is_ready_only_while_consuming_with_a_database_and_a_pbx_token() {
     let env = TestEnv::new().await;
-    let readiness = Arc::new(Readiness::default());
+    let worker = env.start_worker().await;
     let health = HealthServer::start(
         ([127, 0, 0, 1], 0).into(),
         ReadinessChecks {
-            readiness: Arc::clone(&readiness),
+            worker: Arc::clone(&worker.status),
+            pbx: Arc::clone(&worker.pbx),
             store: env.store(),
         },
     )
     .await
     .unwrap();
     let addr = health.addr();
-
-    let (status, body) = readyz(addr).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["checks"]["database"], "ok", "{body}");
-    let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("broker: not consuming"), "{reason}");
-    assert!(reason.contains("pbx: no access token"), "{reason}");
     let (status, body) = get(&format!("http://{addr}/healthz")).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"alive"}"#));
 
-    let worker = env
-        .start_worker_reporting_to(env.worker_settings(), Arc::clone(&readiness))
-        .await;
+    // In-process workers log in at their first event.
+    let body = wait_for("the worker consuming", || async {
+        let (_, body) = readyz(addr).await;
+        (body["checks"]["consuming"] == "ok").then_some(body)
+    })
+    .await;
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert_eq!(
+        body["reason"], "pbx: no access token obtained yet",
+        "{body}"
+    );
+
     env.publish_json(&new_message_event(7)).await;
     worker.wait_finished(1).await;
     let (status, body) = readyz(addr).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        serde_json::json!({"status": "ready", "checks": {"broker": "ok", "database": "ok", "pbx": "ok"}})
+        serde_json::json!({"status": "ready", "checks": {"consuming": "ok", "database": "ok", "pbx": "ok"}})
     );
 
     worker.shutdown().await.unwrap();
     let (status, body) = readyz(addr).await;
     assert_eq!(status, 503, "a stopped worker is not ready: {body}");
-    assert_eq!(body["checks"]["pbx"], "ok", "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().starts_with("consuming: "),
+        "{body}"
+    );
     health.stop().await;
     env.finish().await;
 }
@@ -80,13 +87,15 @@ async fn readyz_is_ready_only_while_consuming_with_a_database_and_a_pbx_token() 
 async fn readyz_names_an_unreachable_database() {
     let mut settings = TestEnv::new().await.store_settings();
     settings.url = "postgres://postgres@127.0.0.1:1/none".into();
-    let readiness = Arc::new(Readiness::default());
-    readiness.set_consuming(true);
-    readiness.pbx_granted();
+    let worker = Arc::new(WorkerStatus::default());
+    worker.set_consuming(true);
+    let pbx = Arc::new(PbxStatus::default());
+    pbx.granted();
     let health = HealthServer::start(
         ([127, 0, 0, 1], 0).into(),
         ReadinessChecks {
-            readiness,
+            worker,
+            pbx,
             store: Store::connect_lazy(&settings).unwrap(),
         },
     )
@@ -96,22 +105,22 @@ async fn readyz_names_an_unreachable_database() {
     assert_eq!(status, 503, "{body}");
     let reason = body["reason"].as_str().unwrap();
     assert!(reason.starts_with("database: "), "{reason}");
-    assert_eq!(body["checks"]["broker"], "ok");
+    assert_eq!(body["checks"]["consuming"], "ok");
     health.stop().await;
 }
 
 #[tokio::test]
 async fn refused_credentials_make_the_worker_not_ready_and_say_what_to_fix() {
     let env = TestEnv::new().await;
-    let readiness = Arc::new(Readiness::default());
     let mut settings = env.pbx_settings();
     settings.client_secret = Secret::new("wrong");
-    let pbx = PbxClient::new(settings, Arc::clone(&readiness)).unwrap();
+    let pbx = PbxClient::new(settings).unwrap();
     assert!(pbx.log_in().await.is_err());
     let health = HealthServer::start(
         ([127, 0, 0, 1], 0).into(),
         ReadinessChecks {
-            readiness,
+            worker: Arc::new(WorkerStatus::default()),
+            pbx: pbx.status(),
             store: env.store(),
         },
     )
@@ -145,20 +154,11 @@ impl Drop for WorkerProcess {
 
 impl WorkerProcess {
     fn start(env: &TestEnv, database_url: &str, client_secret: &str) -> Self {
-        let defaults = SimulatorSettings::default();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_session-enricher"))
-            .arg("run")
-            .env_clear()
+        let mut child = env
+            .binary_run()
             .env("RUST_LOG", "trace")
-            .env("LOG_FORMAT", "json")
             .env("DATABASE_URL", database_url)
-            .env("AMQP_URL", crate::helpers::amqp_url())
-            .env("AMQP_QUEUE", &env.queue)
-            .env("YEASTAR_BASE_URL", env.sim.base_url())
-            .env("YEASTAR_CLIENT_ID", &defaults.client_id)
             .env("YEASTAR_CLIENT_SECRET", client_secret)
-            .env("YEASTAR_PBX_ID", crate::helpers::PBX)
-            .env("ENRICHER_HTTP_ADDR", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -300,11 +300,8 @@ async fn the_worker_binary_reports_readiness_and_metrics_and_never_logs_a_secret
             r#"enricher_event_commit_lag_seconds_count{since="published"}"#,
             events as f64,
         ),
-        (
-            r#"enricher_db_commit_duration_seconds_count{write="session"}"#,
-            events as f64,
-        ),
-        (r#"enricher_db_batch_size_bucket{le="1.0"}"#, events as f64),
+        ("enricher_db_batch_size_sum", events as f64),
+        ("enricher_events_coalesced_total", 0.0),
         ("enricher_events_in_flight", 0.0),
         ("enricher_pbx_fetches_in_flight", 0.0),
     ] {

@@ -66,23 +66,6 @@ async fn transient_pbx_failures_are_retried_until_they_clear() {
 }
 
 #[tokio::test]
-async fn a_pbx_down_past_the_retry_budget_requeues_the_event_and_nothing_is_lost() {
-    let env = TestEnv::new().await;
-    let worker = env.start_worker().await;
-    // Five attempts per delivery: the first delivery fails them all.
-    env.sim
-        .fail_next_session_requests(std::iter::repeat_n(Fault::HttpStatus(503), 5));
-    env.publish_json(&new_message_event(2862)).await;
-    worker.wait_finished(1).await;
-    let counts = worker.counts();
-    assert_eq!((counts.retried, counts.enriched), (1, 1));
-    assert_eq!(env.sim.stats().session_requests, 6);
-    assert_eq!(env.queue_len(&env.dead_queue).await, 0);
-    worker.shutdown().await.unwrap();
-    env.finish().await;
-}
-
-#[tokio::test]
 async fn a_permanent_refusal_is_dead_lettered_with_the_errcode() {
     let env = TestEnv::new().await;
     let worker = env.start_worker().await;
@@ -111,57 +94,5 @@ async fn an_answer_that_is_not_a_session_is_dead_lettered() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].1.contains("id"), "{}", dead[0].1);
     worker.shutdown().await.unwrap();
-    env.finish().await;
-}
-
-#[tokio::test]
-async fn a_refused_login_holds_the_event_and_does_not_retry_the_login_at_once() {
-    let env = TestEnv::new().await;
-    let mut pbx = env.pbx_settings();
-    pbx.client_secret = session_enricher::secret::Secret::new("wrong");
-    let broker = session_enricher::broker::Broker::connect(env.broker_settings())
-        .await
-        .unwrap();
-    let counts = std::sync::Arc::new(session_enricher::outcome::OutcomeCounts::default());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let enricher = session_enricher::enricher::Enricher::new(
-        session_enricher::pbx::PbxClient::new(pbx, Default::default()).unwrap(),
-        env.store(),
-        crate::helpers::PBX.into(),
-        env.worker_settings().store_retry,
-    );
-    let worker = session_enricher::worker::Worker::new(
-        broker,
-        enricher,
-        env.worker_settings(),
-        counts.clone(),
-        Default::default(),
-    );
-    let running = tokio::spawn(worker.run(stop.clone()));
-    for id in 1..=5 {
-        env.publish_json(&new_message_event(id)).await;
-    }
-    crate::helpers::wait_until("the login attempt", || async {
-        env.sim.stats().logins >= 1
-    })
-    .await;
-    // Held, not dead-lettered, not acked; and one refused login only, however
-    // many events wait (the next attempt is at least a minute away).
-    crate::helpers::wait_until("all five events held", || async {
-        env.sim.stats().logins == 1 && env.queue_len(&env.queue).await == 0
-    })
-    .await;
-    assert_eq!(counts.snapshot().finished(), 0);
-    assert_eq!(env.sim.stats().refused_logins, 1);
-    assert_eq!(env.sim.stats().session_requests, 0);
-    stop.cancel();
-    running.await.unwrap().unwrap();
-    assert_eq!(counts.snapshot().abandoned, 5);
-    // Back in the queue for the next worker.
-    crate::helpers::wait_until("the held events are back in the queue", || async {
-        env.queue_len(&env.queue).await == 5
-    })
-    .await;
-    assert_eq!(env.queue_len(&env.dead_queue).await, 0);
     env.finish().await;
 }

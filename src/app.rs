@@ -1,8 +1,10 @@
 //! The commands: turns validated configuration into running parts (store,
 //! PBX client, broker, worker) and runs one command to its exit code.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -10,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::BrokerSettings;
 use crate::config::{Command, ConfigError};
 use crate::enricher::{Enricher, Enrichment};
+use crate::health::{self, HealthServer, ReadinessChecks};
 use crate::outcome::OutcomeCounts;
-use crate::pbx::{PbxClient, PbxSettings};
+use crate::pbx::{PbxClient, PbxError, PbxSettings};
 use crate::session::SessionId;
 use crate::simulator::{Simulator, SimulatorSettings};
 use crate::store::{Store, StoreSettings};
@@ -27,6 +30,7 @@ pub enum Plan {
         broker: BrokerSettings,
         pbx: PbxSettings,
         worker: WorkerSettings,
+        http_addr: SocketAddr,
         migrate: bool,
     },
     Migrate {
@@ -48,6 +52,10 @@ pub enum Plan {
         broker: BrokerSettings,
     },
     Bench(crate::bench::BenchSettings),
+    Healthcheck {
+        addr: SocketAddr,
+        path: String,
+    },
 }
 
 impl Plan {
@@ -62,6 +70,7 @@ impl Plan {
                     &args.pbx.yeastar_pbx_id,
                     usize::from(args.pbx.pbx_concurrency),
                 )?,
+                http_addr: args.http.http_addr,
                 migrate: !args.no_migrate,
             },
             Command::Migrate(store) => Plan::Migrate {
@@ -111,6 +120,10 @@ impl Plan {
                 store: args.store.settings()?,
                 broker: crate::config::broker_settings(&args.amqp_url, &args.queue, 50)?,
             },
+            Command::Healthcheck(args) => Plan::Healthcheck {
+                addr: args.http.http_addr,
+                path: args.path,
+            },
         })
     }
 
@@ -122,17 +135,9 @@ impl Plan {
                 broker,
                 pbx,
                 worker,
+                http_addr,
                 migrate,
-            } => {
-                let store = open_store(&store, migrate).await?;
-                let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-                let enricher = Enricher::new(pbx, store, worker.pbx_id.clone(), worker.store_retry);
-                Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()))
-                    .run(shutdown)
-                    .await?;
-                tracing::info!("Stopped.");
-                Ok(ExitCode::SUCCESS)
-            }
+            } => run(store, broker, pbx, worker, http_addr, migrate, shutdown).await,
             Plan::Migrate { store } => {
                 let store = open_store(&store, true).await?;
                 store.close().await;
@@ -160,6 +165,83 @@ impl Plan {
             }
             Plan::Demo { store, broker } => demo::run(store, broker).await,
             Plan::Bench(settings) => crate::bench::run(settings).await,
+            Plan::Healthcheck { addr, path } => {
+                match health::probe(addr, &path, Duration::from_secs(3)).await {
+                    Ok(200) => Ok(ExitCode::SUCCESS),
+                    Ok(status) => {
+                        eprintln!("{path}: HTTP {status}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                    Err(e) => {
+                        eprintln!("{path}: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The worker: the health endpoint first (so probes answer while starting),
+/// then the database, a PBX login (so refused credentials show in `/readyz`
+/// and the log before the first event), the broker, and the consume loop
+/// until `shutdown`.
+async fn run(
+    store: StoreSettings,
+    broker: BrokerSettings,
+    pbx: PbxSettings,
+    worker: WorkerSettings,
+    http_addr: SocketAddr,
+    migrate: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::connect_lazy(&store).context("DATABASE_URL")?;
+    let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
+    let enricher = Enricher::new(
+        pbx,
+        store.clone(),
+        worker.pbx_id.clone(),
+        worker.store_retry,
+    );
+    let pbx = Arc::clone(enricher.pbx());
+    let worker = Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()));
+    let health = HealthServer::start(
+        http_addr,
+        ReadinessChecks {
+            worker: worker.status(),
+            pbx: pbx.status(),
+            store: store.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("ENRICHER_HTTP_ADDR: listening on {http_addr}"))?;
+    let result = async {
+        if migrate {
+            store.migrate().await.context("applying migrations")?;
+        }
+        log_in_at_start(&pbx).await;
+        worker.run(shutdown).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    health.stop().await;
+    result?;
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs in to the PBX once before consuming. A refusal is not fatal: a
+/// restart loop would spend the PBX's 5 tries before it blocks this IP.
+/// The worker starts anyway, holds what it cannot process, and `/readyz`
+/// says why; the token cache's login guard spaces any further tries.
+async fn log_in_at_start(pbx: &PbxClient) {
+    match pbx.log_in().await {
+        Ok(()) => tracing::info!("Logged in to the PBX."),
+        Err(e @ PbxError::Configuration { .. }) => {
+            tracing::error!(error = %e, "The PBX refused this worker's configuration; starting anyway, not ready.");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not log in to the PBX yet; the first event will try again.");
         }
     }
 }

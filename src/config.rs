@@ -54,6 +54,9 @@ pub enum Command {
     /// RabbitMQ and Postgres with the simulator in-process (see
     /// BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Ask a running worker's health endpoint; exit 0 if it answers 200
+    /// (for container HEALTHCHECKs: the image has no curl).
+    Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -119,9 +122,33 @@ pub struct RunArgs {
     pub pbx: PbxArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Do not apply pending migrations at start.
     #[arg(long)]
     pub no_migrate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Address of the operations endpoint: GET /healthz (liveness), /readyz
+    /// (readiness), /metrics (Prometheus).
+    #[arg(
+        long,
+        env = "ENRICHER_HTTP_ADDR",
+        value_name = "ENRICHER_HTTP_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub http_addr: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// The path to ask: /healthz (alive) or /readyz (ready).
+    #[arg(long, default_value = "/healthz", value_parser = ["/healthz", "/readyz"])]
+    pub path: String,
 }
 
 #[derive(Debug, Args)]

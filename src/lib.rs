@@ -11,6 +11,8 @@ pub mod config;
 pub mod demo;
 pub mod enricher;
 pub mod event;
+pub mod health;
+pub mod metrics;
 pub mod outcome;
 pub mod pbx;
 pub mod pipeline;

@@ -23,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::broker::Delivery;
 use crate::enricher::EnrichError;
 use crate::event::MessageEvent;
+use crate::metrics;
 use crate::outcome::{Outcome, Pause};
 use crate::pbx::{PbxClient, PbxError};
 use crate::policy::{self, Action};
@@ -153,6 +154,7 @@ impl Pipeline {
             .fetch_add(events.len(), Ordering::AcqRel);
         let mut slots = self.shared.slots();
         for (delivery, event) in events {
+            metrics::get().event_taken();
             let id = event.session_id;
             let slot = slots.entry(id).or_default();
             slot.waiting.push(Pending {
@@ -171,6 +173,7 @@ impl Pipeline {
     /// with the rest so `drain` waits for it too.
     pub fn settle_directly(&self, delivery: Delivery, outcome: Outcome) {
         self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
+        metrics::get().event_taken();
         let pending = Pending {
             delivery,
             event: None,
@@ -234,6 +237,7 @@ async fn fetcher(
             slot.fetching = true;
             std::mem::take(&mut slot.waiting)
         };
+        metrics::get().events_coalesced(covered.len().saturating_sub(1) as u64);
         let result = AssertUnwindSafe(pbx.fetch_session(id)).catch_unwind().await;
         let answered_at = Utc::now();
         {

@@ -87,6 +87,9 @@ struct SimState {
     login_faults: VecDeque<Fault>,
     refused_in_a_row: u32,
     stats: SimulatorStats,
+    /// Every access and refresh token handed out, for tests that check
+    /// none of them leaks into logs.
+    issued: Vec<String>,
 }
 
 struct Shared {
@@ -120,6 +123,11 @@ impl Simulator {
             .route(
                 &format!("{API_ROOT}/message_session/get"),
                 get(message_session),
+            )
+            // For container healthchecks (`session-enricher healthcheck`).
+            .route(
+                "/healthz",
+                get(|| async { answer(json!({"status": "alive"})) }),
             )
             .fallback(|| async {
                 answer(json!({"errcode": 10001, "errmsg": "INTERFACE NOT EXISTED"}))
@@ -187,6 +195,11 @@ impl Simulator {
         self.settings().error_rate = rate;
     }
 
+    /// Every access and refresh token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state().issued.clone()
+    }
+
     pub fn stats(&self) -> SimulatorStats {
         let mut state = self.state();
         let now = Instant::now();
@@ -246,6 +259,7 @@ fn mint(state: &mut SimState, settings: &SimulatorSettings) -> Value {
     let now = Instant::now();
     let access = random_token();
     let refresh = random_token();
+    state.issued.extend([access.clone(), refresh.clone()]);
     state
         .access
         .insert(access.clone(), now + settings.token_ttl);

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::metrics::{self, DbWrite};
 use crate::session::{FetchedSession, SessionId};
 
 /// How to reach the database and bound the work done there.
@@ -118,6 +119,7 @@ impl Store {
         pbx: &str,
         fetched: &FetchedSession,
     ) -> Result<Written, StoreError> {
+        let timer = metrics::get().db_transaction(DbWrite::Session, 1);
         let mut tx = self.pool.begin().await?;
         if !upsert_session(&mut tx, pbx, fetched).await? {
             tx.rollback().await?;
@@ -143,6 +145,7 @@ impl Store {
         }
         replace_pending_agents(&mut tx, pbx, fetched).await?;
         tx.commit().await?;
+        timer.committed();
         Ok(Written::Applied)
     }
 
@@ -155,6 +158,7 @@ impl Store {
         id: SessionId,
         seen_at: DateTime<Utc>,
     ) -> Result<MarkedMissing, StoreError> {
+        let timer = metrics::get().db_transaction(DbWrite::Missing, 1);
         let mut tx = self.pool.begin().await?;
         let marked = sqlx::query(
             "UPDATE message_sessions
@@ -176,6 +180,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        timer.committed();
         Ok(if marked {
             MarkedMissing::Marked
         } else {
@@ -237,6 +242,7 @@ impl Store {
             })
             .collect();
 
+        let timer = metrics::get().db_transaction(DbWrite::Batch, newest.len());
         let mut tx = self.pool.begin().await?;
         let applied = upsert_sessions(&mut tx, pbx, &fetched).await?;
         let applied_sessions: Vec<&FetchedSession> = fetched
@@ -248,6 +254,7 @@ impl Store {
         replace_agent_sets(&mut tx, pbx, &applied_sessions).await?;
         let marked = mark_batch_missing(&mut tx, pbx, &missing).await?;
         tx.commit().await?;
+        timer.committed();
 
         Ok(answers
             .iter()

@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, BrokerSettings, Delivery};
 use crate::enricher::Enricher;
 use crate::event::{self, Event};
+use crate::metrics;
 use crate::outcome::{Outcome, OutcomeCounts, Pause};
 use crate::pbx::PbxError;
 use crate::pipeline::{Pending, Pipeline, PipelineSettings, Settle};
@@ -180,6 +181,7 @@ impl Worker {
                     return Err(WorkerError::ShutdownDeadline(settings.shutdown_timeout));
                 }
                 SessionEnd::BrokerLost(why) => {
+                    metrics::get().broker_connection_lost();
                     self.status
                         .set_problem(Some(format!("RabbitMQ connection lost: {why}")));
                     // A connection that dies at once must not be retried in a
@@ -336,6 +338,7 @@ impl Worker {
                     shared.counts.lag.record(u64::try_from(lag).unwrap_or(0));
                 }
                 shared.counts.record(&settled);
+                metrics::get().event_settled(&settled, pending.delivery.published_at_ms);
             }
             .boxed()
         })

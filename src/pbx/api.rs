@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::PbxError;
+use super::observe::observed;
+use crate::metrics::PbxEndpoint;
 use crate::secret::Secret;
 use crate::session::{SessionId, integer};
 
@@ -69,7 +71,7 @@ impl Api {
             .http
             .post(self.url("get_token"))
             .json(&json!({"username": client_id, "password": secret.expose()}));
-        token_pair(&send(request).await?)
+        token_pair(&observed(PbxEndpoint::GetToken, send(request)).await?)
     }
 
     pub async fn refresh_token(&self, refresh: &Secret) -> Result<TokenPair, PbxError> {
@@ -77,7 +79,7 @@ impl Api {
             .http
             .post(self.url("refresh_token"))
             .json(&json!({"refresh_token": refresh.expose()}));
-        token_pair(&send(request).await?)
+        token_pair(&observed(PbxEndpoint::RefreshToken, send(request)).await?)
     }
 
     pub async fn del_token(&self, access: &Secret) -> Result<(), PbxError> {
@@ -85,7 +87,10 @@ impl Api {
             .http
             .get(self.url("del_token"))
             .query(&[("access_token", access.expose())]);
-        send(request).await.map(drop).map_err(PbxError::from)
+        observed(PbxEndpoint::DelToken, send(request))
+            .await
+            .map(drop)
+            .map_err(PbxError::from)
     }
 
     /// `message_session/get`: the `list` object of a successful answer.
@@ -98,7 +103,7 @@ impl Api {
             .http
             .get(self.url("message_session/get"))
             .query(&[("access_token", access.expose()), ("id", &id.to_string())]);
-        match send(request).await {
+        match observed(PbxEndpoint::MessageSessionGet, send(request)).await {
             Ok(mut answer) => match answer.get_mut("list").map(Value::take) {
                 Some(list @ Value::Object(_)) => Ok(list),
                 _ => Err(PbxError::Rejected("answer has no Session_Info in `list`".into()).into()),

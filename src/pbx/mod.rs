@@ -5,14 +5,18 @@
 
 mod api;
 mod error;
+mod observe;
+mod status;
 mod token;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::Semaphore;
 
 pub use error::PbxError;
+pub use status::{PbxAccess, PbxStatus};
 pub use token::TokenEvents;
 
 use crate::backoff::Backoff;
@@ -44,12 +48,15 @@ pub struct PbxClient {
     api: Api,
     tokens: TokenCache,
     token_events: TokenCounter,
+    /// Whether the PBX grants or refuses tokens, for readiness.
+    status: Arc<PbxStatus>,
     in_flight: Semaphore,
     retry: Backoff,
 }
 
 impl PbxClient {
     pub fn new(settings: PbxSettings) -> Result<Self, PbxError> {
+        let status = Arc::new(PbxStatus::default());
         Ok(Self {
             api: Api::new(
                 &settings.base_url,
@@ -60,7 +67,9 @@ impl PbxClient {
                 settings.client_id,
                 settings.client_secret,
                 settings.login_retry_min,
+                Arc::clone(&status),
             ),
+            status,
             token_events: TokenCounter::default(),
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             retry: settings.retry,
@@ -91,6 +100,7 @@ impl PbxClient {
             .acquire()
             .await
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
+        let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self
             .tokens
             .access_token(&self.api, &self.token_events)
@@ -137,6 +147,20 @@ impl PbxClient {
                 Err(e) => tracing::warn!(error = %e, "Could not revoke the PBX access token."),
             }
         }
+    }
+
+    /// Obtains a token now unless a valid one is held: at start, so refused
+    /// credentials show before the first event.
+    pub async fn log_in(&self) -> Result<(), PbxError> {
+        self.tokens
+            .access_token(&self.api, &self.token_events)
+            .await
+            .map(drop)
+    }
+
+    /// What the PBX last said about the credentials (for readiness).
+    pub fn status(&self) -> Arc<PbxStatus> {
+        Arc::clone(&self.status)
     }
 
     /// Whether a valid token is held now (for readiness).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::PbxError;
+use super::PbxStatus;
 use super::api::{Api, TokenPair};
 use crate::secret::Secret;
 
@@ -20,6 +21,8 @@ pub(crate) struct TokenCache {
     client_secret: Secret,
     /// The shortest wait after a refused login; doubles with each refusal.
     login_retry_min: Duration,
+    /// Told when the PBX grants or refuses a token.
+    status: std::sync::Arc<PbxStatus>,
     state: Mutex<TokenState>,
 }
 
@@ -41,11 +44,17 @@ pub struct TokenEvents {
 }
 
 impl TokenCache {
-    pub fn new(client_id: String, client_secret: Secret, login_retry_min: Duration) -> Self {
+    pub fn new(
+        client_id: String,
+        client_secret: Secret,
+        login_retry_min: Duration,
+        status: std::sync::Arc<PbxStatus>,
+    ) -> Self {
         Self {
             client_id,
             client_secret,
             login_retry_min,
+            status,
             state: Mutex::new(TokenState::default()),
         }
     }
@@ -67,6 +76,7 @@ impl TokenCache {
             match api.refresh_token(&old.refresh).await {
                 Ok(fresh) => {
                     events.refreshed();
+                    self.status.granted();
                     tracing::debug!("PBX access token refreshed.");
                     let access = fresh.access.clone();
                     state.token = Some(fresh);
@@ -141,6 +151,7 @@ impl TokenCache {
                     tracing::info!("PBX login accepted again.");
                 }
                 state.refused_logins = 0;
+                self.status.granted();
                 state.next_login_at = None;
                 state.last_refusal = None;
                 let access = token.access.clone();
@@ -172,6 +183,7 @@ impl TokenCache {
                         "PBX login refused.");
                 }
                 state.last_refusal = Some(refused.clone());
+                self.status.refused(&refused);
                 Err(refused)
             }
         }

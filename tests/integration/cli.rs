@@ -111,6 +111,7 @@ fn help_documents_every_variable_without_showing_secrets() {
         "ENRICHER_PREFETCH",
         "ENRICHER_EVENT_TYPES",
         "ENRICHER_SHUTDOWN_TIMEOUT",
+        "ENRICHER_HTTP_ADDR",
     ] {
         assert!(
             help.contains(variable),

@@ -1,9 +1,11 @@
 //! Test harness: each `TestEnv` has its own database, its own queue names and
 //! its own PBX simulator, so tests run in parallel against the local
-//! RabbitMQ and Postgres. Waits are for a condition with a deadline.
+//! RabbitMQ and Postgres (or, where those are not running and Docker is,
+//! containers started with testcontainers). Waits are for a condition with a
+//! deadline.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use lapin::options::{
@@ -17,26 +19,139 @@ use session_enricher::backoff::Backoff;
 use session_enricher::broker::{Broker, BrokerSettings};
 use session_enricher::enricher::Enricher;
 use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
-use session_enricher::pbx::{PbxClient, PbxSettings};
+use session_enricher::pbx::{PbxClient, PbxSettings, PbxStatus};
 use session_enricher::simulator::{Simulator, SimulatorSettings};
 use session_enricher::status::WorkerStatus;
 use session_enricher::store::{Store, StoreSettings};
 use session_enricher::worker::{Worker, WorkerError, WorkerSettings};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ImageExt, ReuseDirective};
+use testcontainers_modules::postgres::Postgres;
+use testcontainers_modules::rabbitmq::RabbitMq;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const PBX: &str = "test-pbx";
 const DEADLINE: Duration = Duration::from_secs(30);
 
+const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const LOCAL_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Containers started by the fallback are kept under these names and reused
+/// by later runs (`docker rm -f` them to let go).
+const POSTGRES_CONTAINER: &str = "session-enricher-test-postgres";
+const RABBITMQ_CONTAINER: &str = "session-enricher-test-rabbitmq";
+
+/// Where the tests find Postgres and RabbitMQ, decided once per run.
+struct Services {
+    database_url: String,
+    amqp_url: String,
+}
+
+static SERVICES: OnceLock<Services> = OnceLock::new();
+
+/// `DATABASE_URL` / `AMQP_URL` if set; else the local service if it accepts
+/// connections; else, if Docker answers, a container started with
+/// testcontainers (the first run pulls and starts it, later runs reuse it).
+fn services() -> &'static Services {
+    SERVICES.get_or_init(|| {
+        let database_url = std::env::var("DATABASE_URL")
+            .ok()
+            .or_else(|| reachable("127.0.0.1:5432").then(|| LOCAL_DATABASE_URL.into()));
+        let amqp_url = std::env::var("AMQP_URL")
+            .ok()
+            .or_else(|| reachable("127.0.0.1:5672").then(|| LOCAL_AMQP_URL.into()));
+        if let (Some(database_url), Some(amqp_url)) = (&database_url, &amqp_url) {
+            return Services {
+                database_url: database_url.clone(),
+                amqp_url: amqp_url.clone(),
+            };
+        }
+        assert!(
+            docker_answers(),
+            "Postgres (127.0.0.1:5432) or RabbitMQ (127.0.0.1:5672) is not reachable and \
+             Docker is not available: start the local services (see README) or Docker"
+        );
+        let (database_url, amqp_url) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for starting containers");
+            runtime.block_on(async move {
+                let database_url = match database_url {
+                    Some(url) => url,
+                    None => start_postgres().await,
+                };
+                let amqp_url = match amqp_url {
+                    Some(url) => url,
+                    None => start_rabbitmq().await,
+                };
+                (database_url, amqp_url)
+            })
+        })
+        .join()
+        .expect("starting the containers panicked");
+        Services {
+            database_url,
+            amqp_url,
+        }
+    })
+}
+
+fn reachable(addr: &str) -> bool {
+    addr.parse().is_ok_and(|addr| {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+    })
+}
+
+fn docker_answers() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn start_postgres() -> String {
+    let container = Postgres::default()
+        .with_tag("16-alpine")
+        .with_container_name(POSTGRES_CONTAINER)
+        .with_reuse(ReuseDirective::Always)
+        .start()
+        .await
+        .expect("start a Postgres container");
+    let host = container.get_host().await.expect("the container's host");
+    let port = container
+        .get_host_port_ipv4(5432)
+        .await
+        .expect("Postgres's mapped port");
+    format!("postgres://postgres:postgres@{host}:{port}/postgres")
+}
+
+async fn start_rabbitmq() -> String {
+    let container = RabbitMq::default()
+        .with_tag("3.13-management")
+        .with_container_name(RABBITMQ_CONTAINER)
+        .with_reuse(ReuseDirective::Always)
+        .start()
+        .await
+        .expect("start a RabbitMQ container");
+    let host = container.get_host().await.expect("the container's host");
+    let port = container
+        .get_host_port_ipv4(5672)
+        .await
+        .expect("RabbitMQ's mapped port");
+    format!("amqp://guest:guest@{host}:{port}/%2f")
+}
+
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    services().database_url.clone()
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    services().amqp_url.clone()
 }
 
 pub struct TestEnv {
@@ -77,6 +192,8 @@ pub struct RunningWorker {
     pub stop: CancellationToken,
     pub handle: JoinHandle<Result<(), WorkerError>>,
     pub status: Arc<WorkerStatus>,
+    /// What the worker's PBX client last heard about its credentials.
+    pub pbx: Arc<PbxStatus>,
 }
 
 impl RunningWorker {
@@ -108,7 +225,7 @@ impl TestEnv {
             .max_connections(1)
             .connect(&database_url())
             .await
-            .expect("the local Postgres must be running (see README)");
+            .expect("Postgres must be reachable (see README, Run the tests)");
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
@@ -122,7 +239,7 @@ impl TestEnv {
             .expect("connect to the test database");
         let amqp = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
-            .expect("the local RabbitMQ must be running (see README)");
+            .expect("RabbitMQ must be reachable (see README, Run the tests)");
         let channel = amqp.create_channel().await.expect("open a channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -253,8 +370,10 @@ impl TestEnv {
     pub fn spawn(&self, setup: WorkerSetup) -> RunningWorker {
         let counts = Arc::new(OutcomeCounts::default());
         let stop = CancellationToken::new();
+        let pbx_client = PbxClient::new(setup.pbx).unwrap();
+        let pbx = pbx_client.status();
         let enricher = Enricher::new(
-            PbxClient::new(setup.pbx).unwrap(),
+            pbx_client,
             Store::connect_lazy(&setup.store).unwrap(),
             PBX.into(),
             setup.worker.store_retry,
@@ -267,6 +386,7 @@ impl TestEnv {
             stop,
             handle,
             status,
+            pbx,
         }
     }
 
@@ -277,6 +397,21 @@ impl TestEnv {
     }
 
     pub async fn publish_with_headers(&self, body: &[u8], headers: FieldTable) {
+        self.publish_with_properties(body, BasicProperties::default().with_headers(headers))
+            .await;
+    }
+
+    /// Publishes with the AMQP `timestamp` property set to `published_at`
+    /// (seconds since the epoch), as an intake that stamps messages does.
+    pub async fn publish_stamped(&self, body: &[u8], published_at: u64) {
+        self.publish_with_properties(
+            body,
+            BasicProperties::default().with_timestamp(published_at),
+        )
+        .await;
+    }
+
+    async fn publish_with_properties(&self, body: &[u8], properties: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(
@@ -287,9 +422,7 @@ impl TestEnv {
                     ..Default::default()
                 },
                 body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_headers(headers),
+                properties.with_delivery_mode(2),
             )
             .await
             .expect("publish")
@@ -438,6 +571,8 @@ impl TestEnv {
                 "ENRICHER_DELIVERY_LIMIT",
                 self.broker_settings().delivery_limit.to_string(),
             )
+            // A free port: tests run binaries side by side.
+            .env("ENRICHER_HTTP_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -557,6 +692,26 @@ where
 {
     let deadline = Instant::now() + DEADLINE;
     while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `probe` until it yields a value, failing the test after the
+/// deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
         assert!(
             Instant::now() < deadline,
             "timed out after {DEADLINE:?} waiting for: {what}"

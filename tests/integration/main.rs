@@ -3,10 +3,12 @@
 
 mod chaos;
 mod cli;
+mod deployment;
 mod enrichment;
 mod events;
 mod failures;
 mod helpers;
+mod operations;
 mod pbx_client;
 mod pipeline;
 mod proxy;

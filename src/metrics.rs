@@ -1,0 +1,493 @@
+//! Every metric this process exports, declared in one place with its help
+//! text, and the calls that feed them. Names follow Prometheus conventions
+//! (`_total` for counters, `_seconds` for durations); every label comes from
+//! a closed enum below, so a series can never be keyed by a session id or
+//! any other unbounded value.
+//!
+//! The metrics are process-wide (`get()`): one process runs one worker, and
+//! instrumentation stays a one-line call wherever the thing happens. Tests
+//! that assert values run the binary, which has a registry of its own.
+//! This module never decides anything; it only counts.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::outcome::Outcome;
+
+/// The `Content-Type` of `encode()`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Defines a closed set of label values: an enum whose variants encode as
+/// the given snake_case strings.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// How a delivery was settled (see `outcome::Outcome`).
+    EventOutcome {
+        Enriched => "enriched",
+        Unchanged => "unchanged",
+        Skipped => "skipped",
+        NotFound => "not_found",
+        DeadLettered => "dead_lettered",
+        Retried => "retried",
+        Held => "held",
+        Crashed => "crashed",
+        Requeued => "requeued",
+    }
+}
+
+label_values! {
+    /// The Yeastar API endpoints this service calls.
+    PbxEndpoint {
+        GetToken => "get_token",
+        RefreshToken => "refresh_token",
+        DelToken => "del_token",
+        MessageSessionGet => "message_session_get",
+    }
+}
+
+label_values! {
+    /// What a PBX request ended in, by errcode class (see `pbx::PbxError`).
+    PbxResult {
+        Ok => "ok",
+        /// Connect/timeout, HTTP 5xx/429, errcode -2 or 70082.
+        Transient => "transient",
+        /// errcode 10004.
+        TokenExpired => "token_expired",
+        /// errcode 60001 (or 40002 for the session id).
+        NotFound => "not_found",
+        /// Any other errcode, or an answer that is not what was asked.
+        Rejected => "rejected",
+        /// Credentials, permissions, token cap, IP block, wrong API path.
+        Configuration => "configuration",
+    }
+}
+
+label_values! {
+    /// How an access token was obtained.
+    RenewalMethod {
+        Login => "login",
+        Refresh => "refresh",
+    }
+}
+
+label_values! {
+    /// What a database write transaction did.
+    DbWrite {
+        /// A session, its customer and its pending agents.
+        Session => "session",
+        /// A session the PBX no longer has.
+        Missing => "missing",
+        /// A batch of answers (the pipeline's writer).
+        Batch => "batch",
+    }
+}
+
+label_values! {
+    /// Which clock an event's lag is measured from.
+    LagSince {
+        /// The AMQP `timestamp` property: when the message was published.
+        Published => "published",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: EventOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PbxRequestLabels {
+    endpoint: PbxEndpoint,
+    result: PbxResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: PbxEndpoint,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RenewalLabels {
+    method: RenewalMethod,
+    result: PbxResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DbWriteLabels {
+    write: DbWrite,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LagLabels {
+    since: LagSince,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The metrics of this process. Obtain it with `get()`.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<OutcomeLabels, Counter>,
+    events_in_flight: Gauge,
+    events_coalesced: Counter,
+    event_lag: HistogramFamily<LagLabels>,
+    pbx_requests: Family<PbxRequestLabels, Counter>,
+    pbx_request_duration: HistogramFamily<EndpointLabels>,
+    pbx_token_renewals: Family<RenewalLabels, Counter>,
+    pbx_fetches_in_flight: Gauge,
+    db_batch_size: Histogram,
+    db_commit_duration: HistogramFamily<DbWriteLabels>,
+    broker_reconnects: Counter,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// This process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn pbx_latency_buckets() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+fn db_latency_buckets() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+    ])
+}
+
+fn lag_buckets() -> Histogram {
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    ])
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let metrics = Self {
+            registry: Registry::default(),
+            events: Family::default(),
+            events_in_flight: Gauge::default(),
+            events_coalesced: Counter::default(),
+            event_lag: Family::new_with_constructor(lag_buckets),
+            pbx_requests: Family::default(),
+            pbx_request_duration: Family::new_with_constructor(pbx_latency_buckets),
+            pbx_token_renewals: Family::default(),
+            pbx_fetches_in_flight: Gauge::default(),
+            db_batch_size: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
+            db_commit_duration: Family::new_with_constructor(db_latency_buckets),
+            broker_reconnects: Counter::default(),
+        };
+        // Series with a fixed label set exist from the start, at zero, so
+        // `increase()` sees their first event and dashboards show them.
+        for &outcome in EventOutcome::ALL {
+            let _ = metrics.events.get_or_create(&OutcomeLabels { outcome });
+        }
+        for &endpoint in PbxEndpoint::ALL {
+            let _ = metrics
+                .pbx_request_duration
+                .get_or_create(&EndpointLabels { endpoint });
+        }
+        for &write in DbWrite::ALL {
+            let _ = metrics
+                .db_commit_duration
+                .get_or_create(&DbWriteLabels { write });
+        }
+        for &since in LagSince::ALL {
+            let _ = metrics.event_lag.get_or_create(&LagLabels { since });
+        }
+        metrics.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "enricher_events",
+            "Deliveries settled, by outcome (enriched, unchanged, skipped, not_found, dead_lettered; retried = sent to the retry queue; held = returned while a dependency recovers; crashed = processing panicked; requeued = could not be settled as decided)",
+            self.events.clone(),
+        );
+        r.register(
+            "enricher_events_in_flight",
+            "Deliveries taken from the queue and not yet settled",
+            self.events_in_flight.clone(),
+        );
+        r.register(
+            "enricher_events_coalesced",
+            "Events that shared a PBX fetch with an earlier event of the same session (coalesced)",
+            self.events_coalesced.clone(),
+        );
+        r.register_with_unit(
+            "enricher_event_commit_lag",
+            "From when an event was published (AMQP timestamp property) to when its session was committed",
+            Unit::Seconds,
+            self.event_lag.clone(),
+        );
+        r.register(
+            "enricher_pbx_requests",
+            "Requests to the PBX API, by endpoint and result class",
+            self.pbx_requests.clone(),
+        );
+        r.register_with_unit(
+            "enricher_pbx_request_duration",
+            "Duration of one PBX API request, by endpoint",
+            Unit::Seconds,
+            self.pbx_request_duration.clone(),
+        );
+        r.register(
+            "enricher_pbx_token_renewals",
+            "Access tokens obtained or refused, by method (login, refresh) and result class",
+            self.pbx_token_renewals.clone(),
+        );
+        r.register(
+            "enricher_pbx_fetches_in_flight",
+            "message_session/get calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
+            self.pbx_fetches_in_flight.clone(),
+        );
+        r.register(
+            "enricher_db_batch_size",
+            "Sessions written per database transaction",
+            self.db_batch_size.clone(),
+        );
+        r.register_with_unit(
+            "enricher_db_commit_duration",
+            "From BEGIN to COMMIT of one write transaction, by kind of write",
+            Unit::Seconds,
+            self.db_commit_duration.clone(),
+        );
+        r.register(
+            "enricher_broker_reconnects",
+            "Times the RabbitMQ connection or consumer was lost and the worker reconnected",
+            self.broker_reconnects.clone(),
+        );
+        self
+    }
+
+    /// The metrics in the OpenMetrics text format (`CONTENT_TYPE`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a delivery taken from the queue (in flight until
+    /// `event_settled`).
+    pub fn event_taken(&self) {
+        self.events_in_flight.inc();
+    }
+
+    /// Counts a settled delivery and, if its session was committed and the
+    /// message carries its publish time (ms since the epoch), the lag from
+    /// publish to commit.
+    pub fn event_settled(&self, outcome: &Outcome, published_at_ms: Option<i64>) {
+        self.events_in_flight.dec();
+        let label = match outcome {
+            Outcome::Enriched => EventOutcome::Enriched,
+            Outcome::Unchanged => EventOutcome::Unchanged,
+            Outcome::Skipped { .. } => EventOutcome::Skipped,
+            Outcome::NotFound => EventOutcome::NotFound,
+            Outcome::DeadLetter { .. } => EventOutcome::DeadLettered,
+            Outcome::Retry { .. } => EventOutcome::Retried,
+            Outcome::Hold(_) => EventOutcome::Held,
+            Outcome::Crashed { .. } => EventOutcome::Crashed,
+            Outcome::Requeued { .. } => EventOutcome::Requeued,
+        };
+        self.events
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
+        if let (Outcome::Enriched | Outcome::Unchanged | Outcome::NotFound, Some(ms)) =
+            (outcome, published_at_ms)
+        {
+            let lag_ms = Utc::now().timestamp_millis().saturating_sub(ms).max(0);
+            self.event_lag
+                .get_or_create(&LagLabels {
+                    since: LagSince::Published,
+                })
+                .observe(lag_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Counts events folded into an already pending fetch.
+    pub fn events_coalesced(&self, n: u64) {
+        self.events_coalesced.inc_by(n);
+    }
+
+    /// Marks a PBX fetch in flight until the guard drops.
+    pub fn pbx_fetch_in_flight(&self) -> InFlight {
+        InFlight::enter(&self.pbx_fetches_in_flight)
+    }
+
+    /// Counts one PBX request and observes its duration.
+    pub fn pbx_request(&self, endpoint: PbxEndpoint, result: PbxResult, took: Duration) {
+        self.pbx_requests
+            .get_or_create(&PbxRequestLabels { endpoint, result })
+            .inc();
+        self.pbx_request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(took.as_secs_f64());
+        let method = match endpoint {
+            PbxEndpoint::GetToken => RenewalMethod::Login,
+            PbxEndpoint::RefreshToken => RenewalMethod::Refresh,
+            PbxEndpoint::DelToken | PbxEndpoint::MessageSessionGet => return,
+        };
+        self.pbx_token_renewals
+            .get_or_create(&RenewalLabels { method, result })
+            .inc();
+    }
+
+    /// Starts timing a write transaction of `batch` sessions; call
+    /// `committed` on the result once the COMMIT succeeded.
+    pub fn db_transaction(&self, write: DbWrite, batch: usize) -> DbTransaction<'_> {
+        DbTransaction {
+            metrics: self,
+            write,
+            batch,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a lost broker connection (or consumer) the worker reconnects.
+    pub fn broker_connection_lost(&self) {
+        self.broker_reconnects.inc();
+    }
+}
+
+/// A write transaction being timed (see `Metrics::db_transaction`). Dropped
+/// without `committed`, it records nothing: only commits are measured.
+#[must_use = "call `committed()` once the transaction commits"]
+pub struct DbTransaction<'a> {
+    metrics: &'a Metrics,
+    write: DbWrite,
+    batch: usize,
+    started: Instant,
+}
+
+impl DbTransaction<'_> {
+    pub fn committed(self) {
+        let metrics = self.metrics;
+        metrics.db_batch_size.observe(self.batch as f64);
+        metrics
+            .db_commit_duration
+            .get_or_create(&DbWriteLabels { write: self.write })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Holds one unit of an in-flight gauge; releases it when dropped, whatever
+/// path the holder leaves by.
+#[must_use = "the gauge drops back as soon as this guard is dropped"]
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    fn enter(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_help_and_a_conventional_name() {
+        let text = get().encode();
+        for family in [
+            "enricher_events",
+            "enricher_events_in_flight",
+            "enricher_events_coalesced",
+            "enricher_event_commit_lag_seconds",
+            "enricher_pbx_request_duration_seconds",
+            "enricher_pbx_fetches_in_flight",
+            "enricher_db_batch_size",
+            "enricher_db_commit_duration_seconds",
+            "enricher_broker_reconnects",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "no HELP for {family} in\n{text}"
+            );
+        }
+        assert!(text.contains("enricher_events_total{outcome=\"dead_lettered\"} 0"));
+        assert!(text.contains("enricher_broker_reconnects_total 0"));
+        assert!(text.ends_with("# EOF\n"));
+        assert!(!text.contains("..\n"), "help texts end without a period");
+    }
+
+    #[test]
+    fn a_pbx_login_counts_as_a_request_and_a_token_renewal() {
+        let metrics = Metrics::new();
+        metrics.pbx_request(
+            PbxEndpoint::GetToken,
+            PbxResult::Configuration,
+            Duration::from_millis(3),
+        );
+        metrics.pbx_request(
+            PbxEndpoint::MessageSessionGet,
+            PbxResult::Ok,
+            Duration::from_millis(3),
+        );
+        let text = metrics.encode();
+        assert!(text.contains(
+            "enricher_pbx_requests_total{endpoint=\"get_token\",result=\"configuration\"} 1"
+        ));
+        assert!(text.contains(
+            "enricher_pbx_token_renewals_total{method=\"login\",result=\"configuration\"} 1"
+        ));
+        assert!(text.contains("# HELP enricher_pbx_requests Requests"));
+        assert!(text.contains("# HELP enricher_pbx_token_renewals Access"));
+        assert!(!text.contains("method=\"message_session_get\""));
+        assert!(text.contains(
+            "enricher_pbx_request_duration_seconds_count{endpoint=\"message_session_get\"} 1"
+        ));
+    }
+
+    #[test]
+    fn an_in_flight_guard_gives_back_what_it_took() {
+        let metrics = Metrics::new();
+        {
+            let _one = metrics.pbx_fetch_in_flight();
+            let _two = metrics.pbx_fetch_in_flight();
+            assert_eq!(metrics.pbx_fetches_in_flight.get(), 2);
+        }
+        assert_eq!(metrics.pbx_fetches_in_flight.get(), 0);
+    }
+}

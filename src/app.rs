@@ -1,5 +1,6 @@
 //! The commands: turns validated configuration into running parts (store,
-//! PBX client, broker, worker) and runs one command to its exit code.
+//! PBX client, broker, worker, webhook intake) and runs one command to its
+//! exit code.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Command, ConfigError};
 use crate::enricher::{Enricher, Enrichment};
+use crate::intake::{Intake, IntakeSettings};
 use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxSettings};
 use crate::session::SessionId;
@@ -44,6 +46,9 @@ pub enum Plan {
     Demo {
         store: StoreSettings,
         broker: BrokerSettings,
+    },
+    Ingest {
+        settings: IntakeSettings,
     },
 }
 
@@ -90,6 +95,9 @@ impl Plan {
             Command::Demo(args) => Plan::Demo {
                 store: args.store.settings()?,
                 broker: crate::config::broker_settings(&args.amqp_url, &args.queue, 50)?,
+            },
+            Command::Ingest(args) => Plan::Ingest {
+                settings: args.settings()?,
             },
         })
     }
@@ -142,6 +150,12 @@ impl Plan {
                 Ok(ExitCode::SUCCESS)
             }
             Plan::Demo { store, broker } => demo::run(store, broker).await,
+            Plan::Ingest { settings } => {
+                let intake = Intake::start(settings, shutdown).await?;
+                intake.stopped().await?;
+                tracing::info!("Stopped.");
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }

@@ -303,11 +303,15 @@ impl Intake {
         let task = tokio::spawn(async move {
             let stop = shutdown.clone();
             let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .with_graceful_shutdown(async move {
+                    stop.cancelled().await;
+                    tracing::info!(
+                        "Shutting down: no new connections; finishing in-flight requests."
+                    );
+                })
                 .into_future();
             let deadline = async {
                 shutdown.cancelled().await;
-                tracing::info!("Shutting down: no new connections; finishing in-flight requests.");
                 tokio::time::sleep(shutdown_timeout).await;
             };
             let result = tokio::select! {

@@ -5,5 +5,6 @@ mod cli;
 mod enrichment;
 mod events;
 mod helpers;
+mod intake;
 mod pbx_client;
 mod reliability;

@@ -494,3 +494,104 @@ async fn the_ingest_binary_warns_without_signatures_and_stops_cleanly_on_sigterm
     );
     env.finish().await;
 }
+
+/// Environment, extra arguments, and the variable the error must name.
+type ConfigCase = (
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+    &'static str,
+);
+
+fn ingest_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_session-enricher"));
+    command.arg("ingest");
+    for var in [
+        "INGEST_ADDR",
+        "INGEST_PATH",
+        "YEASTAR_WEBHOOK_SECRET",
+        "INGEST_MAX_BODY_BYTES",
+        "INGEST_EVENT_TYPES",
+        "AMQP_QUEUE",
+        "AMQP_EXCHANGE",
+        "RUST_LOG",
+        "LOG_FORMAT",
+    ] {
+        command.env_remove(var);
+    }
+    // Unreachable: a connection attempt would not exit 2.
+    command.env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+    command
+}
+
+const SECRET: (&str, &str) = ("YEASTAR_WEBHOOK_SECRET", "do-not-print-me");
+
+#[test]
+fn ingest_configuration_errors_are_one_line_naming_the_variable_and_exit_2() {
+    let cases: [ConfigCase; 9] = [
+        (&[], &[], "YEASTAR_WEBHOOK_SECRET"),
+        (
+            &[("YEASTAR_WEBHOOK_SECRET", " ")],
+            &[],
+            "YEASTAR_WEBHOOK_SECRET",
+        ),
+        (
+            &[SECRET],
+            &["--insecure-no-signature"],
+            "YEASTAR_WEBHOOK_SECRET",
+        ),
+        (&[SECRET, ("INGEST_ADDR", "8080")], &[], "INGEST_ADDR"),
+        (&[SECRET, ("INGEST_PATH", "webhooks")], &[], "INGEST_PATH"),
+        (&[SECRET, ("INGEST_PATH", "/metrics")], &[], "INGEST_PATH"),
+        (
+            &[SECRET, ("INGEST_MAX_BODY_BYTES", "lots")],
+            &[],
+            "INGEST_MAX_BODY_BYTES",
+        ),
+        (
+            &[SECRET, ("INGEST_EVENT_TYPES", "30031,new")],
+            &[],
+            "INGEST_EVENT_TYPES",
+        ),
+        (&[SECRET, ("AMQP_URL", "http://x")], &[], "AMQP_URL"),
+    ];
+    for (vars, args, variable) in cases {
+        let output = ingest_binary()
+            .envs(vars.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{vars:?} {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{vars:?} {args:?}: {err}");
+        assert!(err.contains(variable), "{vars:?} {args:?}: {err}");
+        assert!(!err.contains("do-not-print-me"), "{err}");
+    }
+}
+
+#[test]
+fn ingest_help_documents_every_variable_without_showing_secrets() {
+    let output = ingest_binary()
+        .arg("--help")
+        .env("YEASTAR_WEBHOOK_SECRET", "do-not-print-me")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "INGEST_ADDR",
+        "INGEST_PATH",
+        "YEASTAR_WEBHOOK_SECRET",
+        "--insecure-no-signature",
+        "INGEST_MAX_BODY_BYTES",
+        "INGEST_EVENT_TYPES",
+        "AMQP_URL",
+        "AMQP_QUEUE",
+        "AMQP_EXCHANGE",
+    ] {
+        assert!(
+            help.contains(variable),
+            "--help does not mention {variable}"
+        );
+    }
+    assert!(!help.contains("do-not-print-me"));
+}

@@ -621,6 +621,8 @@ pub struct BrokerProxy {
     pub port: u16,
     up: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<std::sync::Mutex<CancellationToken>>,
+    /// While true, the broker's bytes (confirms included) are held back.
+    hold: tokio::sync::watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -632,21 +634,25 @@ impl BrokerProxy {
         let target = broker_address();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(up));
         let links = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (hold, held) = tokio::sync::watch::channel(false);
         let (accepting, current) = (Arc::clone(&up), Arc::clone(&links));
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
                     drop(client); // a broker that is down: the connection ends at once
                     continue;
                 }
                 let cut = current.lock().unwrap().clone();
-                let target = target.clone();
+                let (target, held) = (target.clone(), held.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else {
+                    let Ok(server) = TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (mut client_rx, client_tx) = client.into_split();
+                    let (server_rx, mut server_tx) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = tokio::io::copy(&mut client_rx, &mut server_tx) => {}
+                        () = relay_replies(server_rx, client_tx, held) => {}
                         () = cut.cancelled() => {}
                     }
                 });
@@ -656,6 +662,7 @@ impl BrokerProxy {
             port,
             up,
             links,
+            hold,
             accept,
         }
     }
@@ -674,6 +681,33 @@ impl BrokerProxy {
 
     pub fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds back (or releases) everything the broker sends, so a publish
+    /// stays waiting for its confirm.
+    pub fn hold_replies(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+}
+
+async fn relay_replies(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if held.wait_for(|held| !held).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -375,6 +375,55 @@ async fn the_intake_starts_without_the_broker_and_reconnects_after_an_outage() {
 }
 
 #[tokio::test]
+async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() {
+    let env = TestEnv::new().await;
+    let proxy = BrokerProxy::start(true).await;
+    let mut settings = env.intake_settings();
+    settings.publisher.url = proxy.url();
+    let intake = RunningIntake::start(settings).await;
+    intake.wait_ready(200).await;
+
+    proxy.hold_replies(true);
+    let in_flight = {
+        let (http, url) = (
+            intake.http.clone(),
+            format!("{}/webhooks/yeastar", intake.base_url),
+        );
+        tokio::spawn(async move {
+            http.post(url)
+                .header("X-Signature", NEW_MESSAGE_SIGNATURE)
+                .body(NEW_MESSAGE)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    wait_until(
+        "the event reached the queue, its confirm held back",
+        || async { env.queue_len(&env.queue).await == 1 },
+    )
+    .await;
+
+    intake.stop.cancel();
+    let addr = intake.intake.local_addr();
+    wait_until("new connections are refused", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(!in_flight.is_finished(), "answered before the confirm");
+
+    proxy.hold_replies(false);
+    let status = in_flight.await.unwrap().expect("an answer");
+    assert_eq!(status, 200, "the confirmed event is answered 200");
+    intake.intake.stopped().await.expect("a clean shutdown");
+    assert_eq!(
+        env.take_messages(&env.queue).await,
+        vec![persistent(NEW_MESSAGE, &env.queue)]
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn without_signature_checking_an_unsigned_event_is_queued() {
     let env = TestEnv::new().await;
     let mut settings = env.intake_settings();

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::{Destination, PublishError, Publisher, PublisherSettings, PublisherState};
 use crate::event::{self, MalformedEvent};
@@ -248,6 +249,8 @@ struct Context {
     settings: IntakeSettings,
     publisher: Publisher,
     counts: Arc<IntakeCounts>,
+    /// Every webhook being decided; a shutdown waits for them.
+    in_flight: TaskTracker,
 }
 
 /// A running intake server.
@@ -293,13 +296,16 @@ impl Intake {
         let publisher = Publisher::start(settings.publisher.clone());
         let counts = Arc::new(IntakeCounts::default());
         let shutdown_timeout = settings.shutdown_timeout;
+        let in_flight = TaskTracker::new();
         let context = Arc::new(Context {
             settings,
             publisher: publisher.clone(),
             counts: Arc::clone(&counts),
+            in_flight: in_flight.clone(),
         });
         let app = router(context).into_make_service_with_connect_info::<SocketAddr>();
         let closing = publisher.clone();
+        let final_counts = Arc::clone(&counts);
         let task = tokio::spawn(async move {
             let stop = shutdown.clone();
             let serve = axum::serve(listener, app)
@@ -314,12 +320,23 @@ impl Intake {
                 shutdown.cancelled().await;
                 tokio::time::sleep(shutdown_timeout).await;
             };
+            // Connections first, then webhooks whose sender hung up but
+            // whose publish is still waiting for its confirm.
+            let drained = async {
+                let served = serve.await.map_err(IntakeError::Serve);
+                in_flight.close();
+                in_flight.wait().await;
+                served
+            };
             let result = tokio::select! {
-                served = serve => served.map_err(IntakeError::Serve),
+                served = drained => served,
                 () = deadline => Err(IntakeError::ShutdownDeadline(shutdown_timeout)),
             };
-            // Only now: a request still being answered may need the channel.
+            // Only now: a webhook still being decided needs the channel.
             closing.close().await;
+            let counts = final_counts.snapshot();
+            tracing::info!(accepted = counts.accepted, answered = counts.total(), counts = ?counts,
+                "Stopped receiving webhooks.");
             result
         });
         Ok(Self {
@@ -372,10 +389,25 @@ async fn receive_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let outcome = decide(&ctx, &headers, body).await;
-    ctx.counts.record(&outcome);
-    log(&outcome, peer);
-    respond(&outcome)
+    // Decided in a task of its own, so a sender that hangs up mid-publish
+    // does not cancel it: the broker may already hold the event, and every
+    // request is counted exactly once.
+    let decided = ctx.in_flight.spawn({
+        let ctx = Arc::clone(&ctx);
+        async move {
+            let outcome = decide(&ctx, &headers, body).await;
+            ctx.counts.record(&outcome);
+            log(&outcome, peer);
+            outcome
+        }
+    });
+    match decided.await {
+        Ok(outcome) => respond(&outcome),
+        Err(e) => {
+            tracing::error!(error = %e, "Deciding a webhook panicked.");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Decides one request's outcome: size, then signature (nothing of an

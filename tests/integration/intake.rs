@@ -424,6 +424,40 @@ async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() 
 }
 
 #[tokio::test]
+async fn a_sender_that_hangs_up_mid_publish_still_gets_its_event_queued_and_counted() {
+    let env = TestEnv::new().await;
+    let proxy = BrokerProxy::start(true).await;
+    let mut settings = env.intake_settings();
+    settings.publisher.url = proxy.url();
+    let intake = RunningIntake::start(settings).await;
+    intake.wait_ready(200).await;
+
+    proxy.hold_replies(true);
+    let hung_up = intake
+        .http
+        .post(format!("{}/webhooks/yeastar", intake.base_url))
+        .header("X-Signature", NEW_MESSAGE_SIGNATURE)
+        .body(NEW_MESSAGE)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "no answer while the confirm is held back");
+    proxy.hold_replies(false);
+
+    wait_until("the abandoned webhook is counted", || async {
+        intake.intake.counts().total() == 1
+    })
+    .await;
+    assert_eq!(intake.intake.counts().accepted, 1);
+    assert_eq!(
+        env.take_messages(&env.queue).await,
+        vec![persistent(NEW_MESSAGE, &env.queue)]
+    );
+    intake.shutdown().await;
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn without_signature_checking_an_unsigned_event_is_queued() {
     let env = TestEnv::new().await;
     let mut settings = env.intake_settings();

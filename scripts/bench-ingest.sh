@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Load figure for `session-enricher ingest` (BENCHMARKS.md, "Webhook intake"):
+# a release build on loopback, signed 30031 webhooks from wrk, then a check
+# that every accepted event was confirmed into the queue.
+#
+# Needs: wrk (apt-get install -y wrk), curl, rabbitmqctl, the local RabbitMQ.
+# Usage: scripts/bench-ingest.sh [connections] [duration]   (default 64 30s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+connections=${1:-64}
+duration=${2:-30s}
+port=${BENCH_PORT:-18181}
+queue="bench.ingest.$(date +%s).$$"
+binary=target/release/session-enricher
+url="http://127.0.0.1:${port}"
+
+[ -x "$binary" ] || cargo build --release --locked
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(free -g | awk '/Mem:/ {print $2}') GiB RAM"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+YEASTAR_WEBHOOK_SECRET=zD4kX9mQ2vL7pR1sT8wY3nB6cF0hJ5aE \
+INGEST_ADDR="127.0.0.1:${port}" AMQP_QUEUE="$queue" RUST_LOG=warn LOG_FORMAT=json \
+  "$binary" ingest 2>"/tmp/${queue}.log" &
+pid=$!
+cleanup() {
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+for _ in $(seq 100); do
+  curl -sf "${url}/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "${url}/readyz" >/dev/null || { echo "ingest never became ready"; cat "/tmp/${queue}.log"; exit 1; }
+
+wrk -t2 -c"$connections" -d"$duration" --latency -s benches/ingest.lua "${url}/webhooks/yeastar"
+
+# Stop ingest gracefully first: it answers what is in flight, then closes.
+kill -TERM "$pid"
+wait "$pid" && echo "ingest exited 0 after SIGTERM"
+accepted=$(grep -o 'outcome=\\"accepted\\"' "/tmp/${queue}.log" | wc -l || true)
+queued=$(rabbitmqctl -q list_queues name messages | awk -v q="$queue" '$1 == q {print $2}')
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "messages in ${queue}: ${queued}"

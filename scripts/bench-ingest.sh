@@ -21,7 +21,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 YEASTAR_WEBHOOK_SECRET=zD4kX9mQ2vL7pR1sT8wY3nB6cF0hJ5aE \
-INGEST_ADDR="127.0.0.1:${port}" AMQP_QUEUE="$queue" RUST_LOG=warn LOG_FORMAT=json \
+INGEST_ADDR="127.0.0.1:${port}" AMQP_QUEUE="$queue" RUST_LOG=info LOG_FORMAT=json \
   "$binary" ingest 2>"/tmp/${queue}.log" &
 pid=$!
 cleanup() {
@@ -39,10 +39,21 @@ curl -sf "${url}/readyz" >/dev/null || { echo "ingest never became ready"; cat "
 
 wrk -t2 -c"$connections" -d"$duration" --latency -s benches/ingest.lua "${url}/webhooks/yeastar"
 
-# Stop ingest gracefully first: it answers what is in flight, then closes.
+# Stop ingest gracefully: it finishes every webhook in flight (wrk hangs up
+# on some at the end), closes the connection and logs its final counts.
 kill -TERM "$pid"
 wait "$pid" && echo "ingest exited 0 after SIGTERM"
-accepted=$(grep -o 'outcome=\\"accepted\\"' "/tmp/${queue}.log" | wc -l || true)
+trap 'rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true' EXIT
+final=$(grep '"Stopped receiving webhooks."' "/tmp/${queue}.log")
+accepted=$(sed -E 's/.*"accepted":([0-9]+).*/\1/' <<<"$final")
+answered=$(sed -E 's/.*"answered":([0-9]+).*/\1/' <<<"$final")
 queued=$(rabbitmqctl -q list_queues name messages | awk -v q="$queue" '$1 == q {print $2}')
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "ingest answered ${answered} webhooks, ${accepted} accepted (200 after a confirm)"
 echo "messages in ${queue}: ${queued}"
+if [ "$accepted" = "$queued" ]; then
+  echo "OK: every accepted event is in the queue"
+else
+  echo "MISMATCH: ${accepted} accepted, ${queued} queued" >&2
+  exit 1
+fi

@@ -669,7 +669,7 @@ async fn supervise(shared: Arc<PublisherShared>) {
             Err(e) => {
                 let retry_in = settings.reconnect.delay(failures);
                 failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, attempt = failures, retry_in_ms = retry_in.as_millis() as u64,
+                tracing::warn!(error = %e, attempt = failures, retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX),
                     "Cannot reach RabbitMQ; webhooks are answered 503 until it is back.");
                 *lock(&shared.down_reason) = e.to_string();
                 tokio::select! {

@@ -257,7 +257,6 @@ struct Context {
 pub struct Intake {
     addr: SocketAddr,
     counts: Arc<IntakeCounts>,
-    publisher: Publisher,
     task: JoinHandle<Result<(), IntakeError>>,
 }
 
@@ -293,58 +292,15 @@ impl Intake {
         };
         tracing::info!(%addr, path = %settings.path, exchange, routing_key = %routing,
             forwarded_types = ?settings.forwarded_types, "Receiving webhooks.");
-        let publisher = Publisher::start(settings.publisher.clone());
         let counts = Arc::new(IntakeCounts::default());
-        let shutdown_timeout = settings.shutdown_timeout;
-        let in_flight = TaskTracker::new();
         let context = Arc::new(Context {
+            publisher: Publisher::start(settings.publisher.clone()),
             settings,
-            publisher: publisher.clone(),
             counts: Arc::clone(&counts),
-            in_flight: in_flight.clone(),
+            in_flight: TaskTracker::new(),
         });
-        let app = router(context).into_make_service_with_connect_info::<SocketAddr>();
-        let closing = publisher.clone();
-        let final_counts = Arc::clone(&counts);
-        let task = tokio::spawn(async move {
-            let stop = shutdown.clone();
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    stop.cancelled().await;
-                    tracing::info!(
-                        "Shutting down: no new connections; finishing in-flight requests."
-                    );
-                })
-                .into_future();
-            let deadline = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(shutdown_timeout).await;
-            };
-            // Connections first, then webhooks whose sender hung up but
-            // whose publish is still waiting for its confirm.
-            let drained = async {
-                let served = serve.await.map_err(IntakeError::Serve);
-                in_flight.close();
-                in_flight.wait().await;
-                served
-            };
-            let result = tokio::select! {
-                served = drained => served,
-                () = deadline => Err(IntakeError::ShutdownDeadline(shutdown_timeout)),
-            };
-            // Only now: a webhook still being decided needs the channel.
-            closing.close().await;
-            let counts = final_counts.snapshot();
-            tracing::info!(accepted = counts.accepted, answered = counts.total(), counts = ?counts,
-                "Stopped receiving webhooks.");
-            result
-        });
-        Ok(Self {
-            addr,
-            counts,
-            publisher,
-            task,
-        })
+        let task = tokio::spawn(serve(listener, context, shutdown));
+        Ok(Self { addr, counts, task })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -355,11 +311,6 @@ impl Intake {
         self.counts.snapshot()
     }
 
-    /// Whether the broker link is up (what `/readyz` reports).
-    pub fn broker_state(&self) -> PublisherState {
-        self.publisher.state()
-    }
-
     /// Waits until the server has shut down (after `shutdown` is
     /// cancelled) and the broker connection is closed.
     pub async fn stopped(self) -> Result<(), IntakeError> {
@@ -368,6 +319,45 @@ impl Intake {
             Err(e) => Err(IntakeError::Serve(std::io::Error::other(e))),
         }
     }
+}
+
+/// Serves until `shutdown`, then: stop accepting, let open requests finish,
+/// wait for webhooks still being decided (their sender may have hung up),
+/// close the broker link. All within `shutdown_timeout`.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) -> Result<(), IntakeError> {
+    let app = router(Arc::clone(&ctx)).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let serving = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            tracing::info!("Shutting down: no new connections; finishing in-flight requests.");
+        })
+        .into_future();
+    let drained = async {
+        let served = serving.await.map_err(IntakeError::Serve);
+        ctx.in_flight.close();
+        ctx.in_flight.wait().await;
+        served
+    };
+    let timeout = ctx.settings.shutdown_timeout;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(timeout).await;
+    };
+    let result = tokio::select! {
+        served = drained => served,
+        () = deadline => Err(IntakeError::ShutdownDeadline(timeout)),
+    };
+    // Only now: a webhook still being decided needs the channel.
+    ctx.publisher.close().await;
+    let counts = ctx.counts.snapshot();
+    tracing::info!(accepted = counts.accepted, answered = counts.total(), counts = ?counts,
+        "Stopped receiving webhooks.");
+    result
 }
 
 fn router(context: Arc<Context>) -> Router {

@@ -1,4 +1,5 @@
-//! session-enricher: consumes Yeastar "new message" events from RabbitMQ,
+//! session-enricher: receives Yeastar's signed webhooks and queues them on
+//! RabbitMQ (`intake`), consumes the "new message" events from there,
 //! fetches each session with `message_session/get`, and upserts the session,
 //! its customer and its pending agents into Postgres. ARCHITECTURE.md has
 //! the map.

@@ -363,8 +363,9 @@ impl Broker {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
     /// Through the default exchange straight into this work queue (routing
-    /// key = the queue), declared durable at each connect so events have
-    /// somewhere to land even before the worker first starts.
+    /// key = the queue). The worker owns the queue and its arguments: it is
+    /// checked to exist at each connect, never declared here, so the two
+    /// processes can never declare it differently.
     Queue(String),
     /// To this exchange, with a routing key per message. The exchange is the
     /// operator's: it is checked to exist at each connect, never declared.
@@ -473,19 +474,19 @@ impl Link {
             .map_err(failed("enabling publisher confirms"))?;
         match destination {
             Destination::Queue(queue) => {
-                // The same declaration as the worker's, so either may come
-                // first without a PRECONDITION_FAILED.
                 channel
                     .queue_declare(
                         ShortString::from(queue.as_str()),
                         QueueDeclareOptions {
-                            durable: true,
+                            passive: true,
                             ..Default::default()
                         },
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(failed("declaring the work queue (AMQP_QUEUE)"))?;
+                    .map_err(failed(
+                        "checking that the work queue AMQP_QUEUE exists (the worker declares it at start)",
+                    ))?;
             }
             Destination::Exchange(exchange) => {
                 // Passive: the kind is ignored and nothing is created.

@@ -329,8 +329,8 @@ pub struct IngestArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
-    /// Work queue the events go to when AMQP_EXCHANGE is unset (declared
-    /// durable if absent, as the worker does).
+    /// Work queue the events go to when AMQP_EXCHANGE is unset. The worker
+    /// declares it; ingest is not ready until it exists.
     #[arg(
         long,
         env = "AMQP_QUEUE",

@@ -352,6 +352,16 @@ impl TestEnv {
         }
     }
 
+    /// Declares the worker's topology (work queue and the rest) exactly as
+    /// the worker does at start, without running one.
+    pub async fn declare_topology(&self) {
+        Broker::connect(self.broker_settings())
+            .await
+            .expect("declare the worker's topology")
+            .close()
+            .await;
+    }
+
     /// Whether a queue exists (a passive declare on a throwaway channel, as
     /// a failed one closes its channel).
     pub async fn queue_exists(&self, queue: &str) -> bool {

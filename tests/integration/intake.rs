@@ -46,6 +46,7 @@ fn persistent(body: &str, routing_key: &str) -> QueuedMessage {
 #[tokio::test]
 async fn a_signed_event_is_queued_byte_for_byte_persistent_and_answered_200() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let intake = RunningIntake::start(env.intake_settings()).await;
     intake.wait_ready(200).await;
 
@@ -81,6 +82,7 @@ async fn a_signed_event_is_queued_byte_for_byte_persistent_and_answered_200() {
 #[tokio::test]
 async fn unsigned_tampered_and_wrongly_signed_webhooks_are_401_and_not_queued() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let intake = RunningIntake::start(env.intake_settings()).await;
     intake.wait_ready(200).await;
 
@@ -128,6 +130,7 @@ async fn unsigned_tampered_and_wrongly_signed_webhooks_are_401_and_not_queued() 
 #[tokio::test]
 async fn oversized_non_json_and_non_event_bodies_are_refused_and_counted() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let mut settings = env.intake_settings();
     settings.max_body_bytes = 1024;
     let intake = RunningIntake::start(settings).await;
@@ -176,6 +179,7 @@ async fn oversized_non_json_and_non_event_bodies_are_refused_and_counted() {
 #[tokio::test]
 async fn a_type_not_forwarded_is_200_and_not_queued_and_an_untyped_one_is_queued() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let intake = RunningIntake::start(env.intake_settings()).await;
     intake.wait_ready(200).await;
 
@@ -278,6 +282,45 @@ async fn an_exchange_that_does_not_exist_keeps_the_intake_not_ready() {
 }
 
 #[tokio::test]
+async fn until_the_worker_has_declared_the_work_queue_the_intake_is_not_ready() {
+    let env = TestEnv::new().await;
+    let intake = RunningIntake::start(env.intake_settings()).await;
+
+    wait_until("/readyz names the missing work queue", || async {
+        let answer = intake.get("/readyz").await;
+        answer.status == 503 && answer.body.contains("AMQP_QUEUE")
+    })
+    .await;
+    assert_eq!(
+        intake
+            .post(NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE))
+            .await
+            .status,
+        503
+    );
+    assert!(
+        !env.queue_exists(&env.queue).await,
+        "the intake never declares the work queue"
+    );
+
+    env.declare_topology().await;
+    intake.wait_ready(200).await;
+    assert_eq!(
+        intake
+            .post(NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        env.take_messages(&env.queue).await,
+        vec![persistent(NEW_MESSAGE, &env.queue)]
+    );
+    intake.shutdown().await;
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_broker_means_503_not_ready_and_nothing_queued() {
     let env = TestEnv::new().await;
     let mut settings = env.intake_settings();
@@ -316,6 +359,7 @@ async fn an_unreachable_broker_means_503_not_ready_and_nothing_queued() {
 #[tokio::test]
 async fn the_intake_starts_without_the_broker_and_reconnects_after_an_outage() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let proxy = BrokerProxy::start(false).await;
     let mut settings = env.intake_settings();
     settings.publisher.url = proxy.url();
@@ -377,6 +421,7 @@ async fn the_intake_starts_without_the_broker_and_reconnects_after_an_outage() {
 #[tokio::test]
 async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let proxy = BrokerProxy::start(true).await;
     let mut settings = env.intake_settings();
     settings.publisher.url = proxy.url();
@@ -426,6 +471,7 @@ async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() 
 #[tokio::test]
 async fn a_sender_that_hangs_up_mid_publish_still_gets_its_event_queued_and_counted() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let proxy = BrokerProxy::start(true).await;
     let mut settings = env.intake_settings();
     settings.publisher.url = proxy.url();
@@ -460,6 +506,7 @@ async fn a_sender_that_hangs_up_mid_publish_still_gets_its_event_queued_and_coun
 #[tokio::test]
 async fn without_signature_checking_an_unsigned_event_is_queued() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let mut settings = env.intake_settings();
     settings.signature = SignaturePolicy::Disabled;
     let intake = RunningIntake::start(settings).await;
@@ -504,6 +551,7 @@ async fn a_signed_webhook_becomes_rows_in_postgres() {
 #[tokio::test]
 async fn the_ingest_binary_warns_without_signatures_and_stops_cleanly_on_sigterm() {
     let env = TestEnv::new().await;
+    env.declare_topology().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_session-enricher"))
         .args(["ingest", "--insecure-no-signature"])
         .env_remove("YEASTAR_WEBHOOK_SECRET")

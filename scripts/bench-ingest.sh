@@ -3,7 +3,10 @@
 # a release build on loopback, signed 30031 webhooks from wrk, then a check
 # that every accepted event was confirmed into the queue.
 #
-# Needs: wrk (apt-get install -y wrk), curl, rabbitmqctl, the local RabbitMQ.
+# Needs: wrk (apt-get install -y wrk), curl, rabbitmqctl, python3 with pika
+# (pip install pika), the local RabbitMQ. ingest declares nothing (the worker
+# owns the topology), so the script declares the bench queue itself: a
+# durable classic queue, without the worker's quorum arguments.
 # Usage: scripts/bench-ingest.sh [connections] [duration]   (default 64 30s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,13 @@ url="http://127.0.0.1:${port}"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(free -g | awk '/Mem:/ {print $2}') GiB RAM"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 - "$queue" <<'PY'
+import sys, pika
+connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+connection.channel().queue_declare(queue=sys.argv[1], durable=True)
+connection.close()
+PY
 
 YEASTAR_WEBHOOK_SECRET=zD4kX9mQ2vL7pR1sT8wY3nB6cF0hJ5aE \
 INGEST_ADDR="127.0.0.1:${port}" AMQP_QUEUE="$queue" RUST_LOG=info LOG_FORMAT=json \

@@ -241,9 +241,10 @@ async fn on_an_exchange_each_event_type_gets_its_own_routing_key() {
         env.take_messages(&queues[1]).await,
         vec![persistent(READ_RECEIPT, "yeastar.30038")]
     );
-    assert!(
-        !env.queue_exists(&env.queue).await,
-        "the work queue is not declared on an exchange"
+    assert_eq!(
+        env.queue_len(&env.queue).await,
+        0,
+        "nothing goes to the work queue"
     );
     assert_eq!(
         intake.intake.counts(),
@@ -284,6 +285,22 @@ async fn an_exchange_that_does_not_exist_keeps_the_intake_not_ready() {
 #[tokio::test]
 async fn until_the_worker_has_declared_the_work_queue_the_intake_is_not_ready() {
     let env = TestEnv::new().await;
+    // Whatever the harness set up, start from a broker without the queue.
+    let amqp = lapin::Connection::connect(
+        &crate::helpers::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect");
+    let channel = amqp.create_channel().await.expect("a channel");
+    channel
+        .queue_delete(
+            env.queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the work queue");
+    let _ = amqp.close(200, "done".into()).await;
     let intake = RunningIntake::start(env.intake_settings()).await;
 
     wait_until("/readyz names the missing work queue", || async {
@@ -348,8 +365,9 @@ async fn an_unreachable_broker_means_503_not_ready_and_nothing_queued() {
         metrics.contains("enricher_intake_broker_ready 0\n"),
         "{metrics}"
     );
-    assert!(
-        !env.queue_exists(&env.queue).await,
+    assert_eq!(
+        env.queue_len(&env.queue).await,
+        0,
         "nothing reached RabbitMQ"
     );
     intake.shutdown().await;

@@ -1,5 +1,6 @@
 //! The commands: turns validated configuration into running parts (store,
-//! PBX client, broker, worker) and runs one command to its exit code.
+//! PBX client, broker, worker, webhook intake) and runs one command to its
+//! exit code.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use crate::broker::BrokerSettings;
 use crate::config::{Command, ConfigError};
 use crate::enricher::{Enricher, Enrichment};
 use crate::health::{self, HealthServer, ReadinessChecks};
+use crate::intake::{Intake, IntakeSettings};
 use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxError, PbxSettings};
 use crate::session::SessionId;
@@ -55,6 +57,9 @@ pub enum Plan {
     Healthcheck {
         addr: SocketAddr,
         path: String,
+    },
+    Ingest {
+        settings: IntakeSettings,
     },
 }
 
@@ -124,6 +129,9 @@ impl Plan {
                 addr: args.http.http_addr,
                 path: args.path,
             },
+            Command::Ingest(args) => Plan::Ingest {
+                settings: args.settings()?,
+            },
         })
     }
 
@@ -177,6 +185,12 @@ impl Plan {
                         Ok(ExitCode::FAILURE)
                     }
                 }
+            }
+            Plan::Ingest { settings } => {
+                let intake = Intake::start(settings, shutdown).await?;
+                intake.stopped().await?;
+                tracing::info!("Stopped.");
+                Ok(ExitCode::SUCCESS)
             }
         }
     }

@@ -81,6 +81,22 @@ pub fn parse(body: &[u8], handled_types: &[i64]) -> Result<Event, MalformedEvent
     message_event(payload).map(Event::Message)
 }
 
+/// Reads only the event type of a webhook body, for the intake to route it:
+/// `Ok(Some(type))`, or `Ok(None)` for an envelope without `type` (which the
+/// worker accepts). The rest of the event is not looked at: the intake
+/// forwards the bytes unchanged and the worker parses them with `parse`.
+pub fn envelope_type(body: &[u8]) -> Result<Option<i64>, MalformedEvent> {
+    let root: Value =
+        serde_json::from_slice(body).map_err(|e| MalformedEvent::NotJson(e.to_string()))?;
+    let root = root.as_object().ok_or(MalformedEvent::NotAnObject)?;
+    match root.get("type") {
+        None | Some(Value::Null) => Ok(None),
+        Some(t) => integer(t)
+            .map(Some)
+            .ok_or_else(|| MalformedEvent::BadType(t.to_string())),
+    }
+}
+
 fn message_event(payload: &Map<String, Value>) -> Result<MessageEvent, MalformedEvent> {
     let raw_id = match payload.get("session_id") {
         None | Some(Value::Null) => return Err(MalformedEvent::MissingSessionId),
@@ -263,6 +279,34 @@ mod tests {
     fn a_type_that_is_not_an_integer_is_dead_lettered() {
         assert!(matches!(
             parse(br#"{"type":"new","msg":{"session_id":1}}"#, HANDLED),
+            Err(MalformedEvent::BadType(_))
+        ));
+    }
+
+    #[test]
+    fn the_envelope_type_is_read_as_a_number_or_a_numeric_string() {
+        assert_eq!(
+            envelope_type(br#"{"type":30031,"msg":"not even parsed"}"#),
+            Ok(Some(30031))
+        );
+        assert_eq!(envelope_type(br#"{"type":"30038"}"#), Ok(Some(30038)));
+    }
+
+    #[test]
+    fn an_envelope_without_type_has_no_type() {
+        assert_eq!(envelope_type(br#"{"msg":{"session_id":5}}"#), Ok(None));
+        assert_eq!(envelope_type(br#"{"type":null}"#), Ok(None));
+    }
+
+    #[test]
+    fn a_body_that_is_no_envelope_has_no_type() {
+        assert!(matches!(
+            envelope_type(b"hello"),
+            Err(MalformedEvent::NotJson(_))
+        ));
+        assert_eq!(envelope_type(b"[1]"), Err(MalformedEvent::NotAnObject));
+        assert!(matches!(
+            envelope_type(br#"{"type":"new"}"#),
             Err(MalformedEvent::BadType(_))
         ));
     }

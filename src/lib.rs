@@ -1,4 +1,5 @@
-//! session-enricher: consumes Yeastar "new message" events from RabbitMQ,
+//! session-enricher: receives Yeastar's signed webhooks and queues them on
+//! RabbitMQ (`intake`), consumes the "new message" events from there,
 //! fetches each session with `message_session/get`, and upserts the session,
 //! its customer and its pending agents into Postgres. ARCHITECTURE.md has
 //! the map.
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod enricher;
 pub mod event;
 pub mod health;
+pub mod intake;
 pub mod metrics;
 pub mod outcome;
 pub mod pbx;
@@ -20,6 +22,7 @@ pub mod policy;
 pub mod report;
 pub mod secret;
 pub mod session;
+pub mod signature;
 pub mod simulator;
 pub mod status;
 pub mod store;

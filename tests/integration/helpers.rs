@@ -16,10 +16,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 use session_enricher::backoff::Backoff;
-use session_enricher::broker::{Broker, BrokerSettings};
+use session_enricher::broker::{Broker, BrokerSettings, Destination, PublisherSettings};
 use session_enricher::enricher::Enricher;
+use session_enricher::intake::{Intake, IntakeSettings, SignaturePolicy};
 use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
 use session_enricher::pbx::{PbxClient, PbxSettings, PbxStatus};
+use session_enricher::secret::Secret;
 use session_enricher::simulator::{Simulator, SimulatorSettings};
 use session_enricher::status::WorkerStatus;
 use session_enricher::store::{Store, StoreSettings};
@@ -30,6 +32,7 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ImageExt, ReuseDirective};
 use testcontainers_modules::postgres::Postgres;
 use testcontainers_modules::rabbitmq::RabbitMq;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -609,6 +612,122 @@ impl TestEnv {
             .collect()
     }
 
+    /// Intake settings for this test: its work queue, the test webhook
+    /// secret, fast reconnects.
+    pub fn intake_settings(&self) -> IntakeSettings {
+        IntakeSettings {
+            listen: ([127, 0, 0, 1], 0).into(),
+            path: "/webhooks/yeastar".into(),
+            signature: SignaturePolicy::Verify(Secret::new(WEBHOOK_SECRET)),
+            max_body_bytes: 1_048_576,
+            forwarded_types: vec![30031],
+            publisher: PublisherSettings {
+                url: amqp_url(),
+                destination: Destination::Queue(self.queue.clone()),
+                confirm_timeout: Duration::from_secs(5),
+                reconnect: Backoff {
+                    initial: Duration::from_millis(20),
+                    max: Duration::from_millis(200),
+                    attempts: u32::MAX,
+                },
+            },
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Declares the worker's topology (work queue and the rest) exactly as
+    /// the worker does at start, without running one.
+    pub async fn declare_topology(&self) {
+        Broker::connect(self.broker_settings())
+            .await
+            .expect("declare the worker's topology")
+            .close()
+            .await;
+    }
+
+    /// Whether a queue exists (a passive declare on a throwaway channel, as
+    /// a failed one closes its channel).
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        let channel = self.amqp.create_channel().await.expect("open a channel");
+        let exists = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let _ = channel.close(200, "done".into()).await;
+        exists
+    }
+
+    /// Takes every message of a queue: body and delivery mode.
+    pub async fn take_messages(&self, queue: &str) -> Vec<QueuedMessage> {
+        let mut out = Vec::new();
+        while let Some(got) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            out.push(QueuedMessage {
+                body: got.delivery.data,
+                persistent: *got.delivery.properties.delivery_mode() == Some(2),
+                routing_key: got.delivery.routing_key.to_string(),
+            });
+        }
+        out
+    }
+
+    /// A topic exchange of this test's own (deleted when its last binding
+    /// goes) with one exclusive queue (gone with this test's connection)
+    /// per binding key. Returns the exchange and the queues, in key order.
+    pub async fn exchange_with_queues(&self, keys: &[&str]) -> (String, Vec<String>) {
+        let exchange = format!("{}.exchange", self.name);
+        self.channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the test exchange");
+        let mut queues = Vec::new();
+        for key in keys {
+            let queue = format!("{}.bound.{key}", self.name);
+            self.channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("declare a bound queue");
+            self.channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    (*key).into(),
+                    lapin::options::QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the queue");
+            queues.push(queue);
+        }
+        (exchange, queues)
+    }
+
     /// Drops the database and the queues (also done on drop, so a failed
     /// test leaves nothing behind).
     pub async fn finish(self) {
@@ -723,4 +842,208 @@ where
 /// A message event as the PBX's webhook sends it.
 pub fn new_message_event(session_id: i64) -> Value {
     serde_json::json!({"type": 30031, "sn": "3631A0000001", "msg": {"session_id": session_id, "msg_id": session_id * 10, "msg_type": 0}})
+}
+
+/// The webhook secret every intake test signs with. The signatures in
+/// `intake.rs` were computed from it independently with OpenSSL.
+pub const WEBHOOK_SECRET: &str = "zD4kX9mQ2vL7pR1sT8wY3nB6cF0hJ5aE";
+
+/// A message read off a queue.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub body: Vec<u8>,
+    /// `delivery_mode` 2.
+    pub persistent: bool,
+    pub routing_key: String,
+}
+
+/// An in-process `ingest` on a free port, with an HTTP client for it.
+pub struct RunningIntake {
+    pub intake: Intake,
+    pub stop: CancellationToken,
+    pub base_url: String,
+    pub http: reqwest::Client,
+}
+
+/// An HTTP answer: status and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl RunningIntake {
+    pub async fn start(settings: IntakeSettings) -> Self {
+        let stop = CancellationToken::new();
+        let intake = Intake::start(settings, stop.clone())
+            .await
+            .expect("the intake starts");
+        let base_url = format!("http://{}", intake.local_addr());
+        Self {
+            intake,
+            stop,
+            base_url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs a webhook body to the default path, with `X-Signature` if given.
+    pub async fn post(&self, body: impl Into<Vec<u8>>, signature: Option<&str>) -> Answer {
+        let mut request = self
+            .http
+            .post(format!("{}/webhooks/yeastar", self.base_url))
+            .header("content-type", "application/json")
+            .body(body.into());
+        if let Some(signature) = signature {
+            request = request.header("X-Signature", signature);
+        }
+        answer(request.send().await.expect("the intake answers")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .expect("the intake answers");
+        answer(response).await
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_ready(&self, status: u16) {
+        wait_until(&format!("/readyz answers {status}"), || async {
+            self.get("/readyz").await.status == status
+        })
+        .await;
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.intake.stopped().await.expect("a clean shutdown");
+    }
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    Answer {
+        status: response.status().as_u16(),
+        body: response.text().await.unwrap_or_default(),
+    }
+}
+
+/// A TCP relay to the real RabbitMQ that a test can cut and restore, to
+/// play a broker outage without touching the shared broker.
+pub struct BrokerProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<CancellationToken>>,
+    /// While true, the broker's bytes (confirms included) are held back.
+    hold: tokio::sync::watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl BrokerProxy {
+    /// Starts relaying, up or down.
+    pub async fn start(up: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("local addr").port();
+        let target = broker_address();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(up));
+        let links = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let (accepting, current) = (Arc::clone(&up), Arc::clone(&links));
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client); // a broker that is down: the connection ends at once
+                    continue;
+                }
+                let cut = current.lock().unwrap().clone();
+                let (target, held) = (target.clone(), held.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut client_rx, client_tx) = client.into_split();
+                    let (server_rx, mut server_tx) = server.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_rx, &mut server_tx) => {}
+                        () = relay_replies(server_rx, client_tx, held) => {}
+                        () = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            links,
+            hold,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut links = self.links.lock().unwrap();
+        links.cancel();
+        *links = CancellationToken::new();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds back (or releases) everything the broker sends, so a publish
+    /// stays waiting for its confirm.
+    pub fn hold_replies(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+}
+
+async fn relay_replies(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if held.wait_for(|held| !held).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for BrokerProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.links.lock().unwrap().cancel();
+    }
+}
+
+/// `host:port` of the broker in `AMQP_URL`.
+fn broker_address() -> String {
+    let url = amqp_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    }
 }

@@ -8,6 +8,7 @@ mod enrichment;
 mod events;
 mod failures;
 mod helpers;
+mod intake;
 mod operations;
 mod pbx_client;
 mod pipeline;

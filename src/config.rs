@@ -105,8 +105,9 @@ pub struct BenchArgs {
     /// PBX calls in flight (ENRICHER_PBX_CONCURRENCY).
     #[arg(long, default_value_t = 64)]
     pub pbx_concurrency: u16,
-    /// Prefetch (ENRICHER_PREFETCH).
-    #[arg(long, default_value_t = 300)]
+    /// Prefetch (ENRICHER_PREFETCH): enough to keep every PBX call busy
+    /// with bursts of ten.
+    #[arg(long, default_value_t = 2000)]
     pub prefetch: u16,
     /// Answers per write transaction (ENRICHER_BATCH_MAX).
     #[arg(long, default_value_t = 200)]

@@ -8,8 +8,8 @@ use chrono::Utc;
 
 use crate::backoff::Backoff;
 use crate::pbx::{PbxClient, PbxError};
-use crate::session::{FetchedSession, SessionId};
-use crate::store::{MarkedMissing, Store, StoreError, Written};
+use crate::session::SessionId;
+use crate::store::{Answer, BatchResult, Store, StoreError};
 
 /// What enriching a session did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,30 +62,25 @@ impl Enricher {
         &self.store
     }
 
-    /// Fetches the session and writes what the PBX said.
+    /// Fetches the session and writes what the PBX said (through the same
+    /// batch write as the worker, with a batch of one).
     pub async fn enrich(&self, id: SessionId) -> Result<Enrichment, EnrichError> {
-        match self.pbx.fetch_session(id).await {
-            Ok(fetched) => self.write(&fetched).await,
-            Err(PbxError::NotFound) => {
-                let seen_at = Utc::now();
-                let marked = self
-                    .with_store_retry(|| self.store.mark_missing(&self.pbx_id, id, seen_at))
-                    .await?;
-                Ok(Enrichment::Missing {
-                    marked: marked == MarkedMissing::Marked,
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn write(&self, fetched: &FetchedSession) -> Result<Enrichment, EnrichError> {
-        let written = self
-            .with_store_retry(|| self.store.write_session(&self.pbx_id, fetched))
+        let answer = match self.pbx.fetch_session(id).await {
+            Ok(fetched) => Answer::Found(Box::new(fetched)),
+            Err(PbxError::NotFound) => Answer::Missing {
+                id,
+                seen_at: Utc::now(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let answers = std::slice::from_ref(&answer);
+        let results = self
+            .with_store_retry(|| self.store.write_batch(&self.pbx_id, answers))
             .await?;
-        Ok(match written {
-            Written::Applied => Enrichment::Written,
-            Written::Stale => Enrichment::Stale,
+        Ok(match results.first() {
+            Some(BatchResult::Written) => Enrichment::Written,
+            Some(BatchResult::Missing { marked }) => Enrichment::Missing { marked: *marked },
+            Some(BatchResult::Stale | BatchResult::Superseded) | None => Enrichment::Stale,
         })
     }
 

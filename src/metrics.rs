@@ -102,11 +102,9 @@ label_values! {
 label_values! {
     /// What a database write transaction did.
     DbWrite {
-        /// A session, its customer and its pending agents.
-        Session => "session",
-        /// A session the PBX no longer has.
-        Missing => "missing",
-        /// A batch of answers (the pipeline's writer).
+        /// A batch of PBX answers: sessions, customers, pending agents and
+        /// sessions marked missing (the worker's writer; `enrich` writes
+        /// batches of one).
         Batch => "batch",
     }
 }

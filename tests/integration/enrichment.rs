@@ -258,7 +258,7 @@ async fn a_session_that_disappears_is_marked_missing_and_loses_its_agents() {
 #[tokio::test]
 async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
     use session_enricher::session::{FetchedSession, SessionInfo};
-    use session_enricher::store::Written;
+    use session_enricher::store::{Answer, BatchResult};
 
     let env = TestEnv::new().await;
     let store = env.store();
@@ -272,13 +272,19 @@ async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
         info: SessionInfo::decode(queued(70, &[(3, "New C")])).unwrap(),
         fetched_at: t_new,
     };
+    let write = |store: session_enricher::store::Store, fetched: FetchedSession| async move {
+        store
+            .write_batch(PBX, &[Answer::Found(Box::new(fetched))])
+            .await
+            .unwrap()
+    };
     assert_eq!(
-        store.write_session(PBX, &newer).await.unwrap(),
-        Written::Applied
+        write(store.clone(), newer.clone()).await,
+        vec![BatchResult::Written]
     );
     assert_eq!(
-        store.write_session(PBX, &older).await.unwrap(),
-        Written::Stale
+        write(store.clone(), older.clone()).await,
+        vec![BatchResult::Stale]
     );
     assert_eq!(env.pending_agents(70).await, vec![(3, 0)]);
 
@@ -292,7 +298,7 @@ async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
         } else {
             newer.clone()
         };
-        writers.spawn(async move { store.write_session(PBX, &fetched).await.unwrap() });
+        writers.spawn(write(store, fetched));
     }
     while let Some(w) = writers.join_next().await {
         w.unwrap();

@@ -123,8 +123,8 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<ExitCode> {
         seconds: started.elapsed().as_secs_f64(),
         ..Run::default()
     };
-    ceiling_broker.delete_queues().await?;
     ceiling_broker.close().await;
+    Broker::delete_topology(&broker("ceiling", 0)).await?;
     println!("  ceiling done: {:.0} events/s", ceiling.rate());
 
     let worker_settings =
@@ -334,7 +334,7 @@ impl Phase<'_> {
         let calls_before = self.simulator.stats().session_requests;
         let counts = Arc::new(OutcomeCounts::default());
         let pbx_id = settings.pbx_id.clone();
-        let worker = self.worker(broker, settings, Arc::clone(&counts))?;
+        let worker = self.worker(broker.clone(), settings, Arc::clone(&counts))?;
         let stop = CancellationToken::new();
         let rss = RssSampler::start();
         let started = Instant::now();
@@ -349,8 +349,8 @@ impl Phase<'_> {
         let store = Store::connect_lazy(self.store_settings)?;
         let rows = store.row_counts(&pbx_id).await?;
         store.close().await;
-        publisher.delete_queues().await?;
         publisher.close().await;
+        Broker::delete_topology(&broker).await?;
         Ok(Run {
             events,
             seconds,
@@ -408,8 +408,8 @@ impl Phase<'_> {
         }
         stop.cancel();
         running.await.context("the worker task")??;
-        publisher.delete_queues().await?;
         publisher.close().await;
+        Broker::delete_topology(&broker).await?;
         let lag = &counts.lag;
         Ok(Latency {
             p50: lag.quantile(0.5).unwrap_or(0),

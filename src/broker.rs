@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -480,14 +480,23 @@ impl Broker {
         self.cancel(consumer_tag).await
     }
 
-    /// Deletes the work queue, `.retry` and `.dead` (benchmark cleanup).
-    pub async fn delete_queues(&self) -> Result<(), BrokerError> {
+    /// Deletes a topology's work queue, `.retry` and `.dead`, messages and
+    /// all, without declaring anything first (so a queue declared with other
+    /// arguments goes too). For the scratch queues of `demo` and `bench`.
+    pub async fn delete_topology(settings: &BrokerSettings) -> Result<(), BrokerError> {
+        let connection = Connection::connect(&settings.url, ConnectionProperties::default())
+            .await
+            .map_err(failed("connecting to AMQP_URL"))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(failed("opening a channel"))?;
         for queue in [
-            self.settings.queue.clone(),
-            self.settings.retry_queue(),
-            self.settings.dead_letter_queue(),
+            settings.queue.clone(),
+            settings.retry_queue(),
+            settings.dead_letter_queue(),
         ] {
-            self.publish
+            channel
                 .queue_delete(
                     ShortString::from(queue.as_str()),
                     QueueDeleteOptions::default(),
@@ -495,15 +504,8 @@ impl Broker {
                 .await
                 .map_err(failed("deleting a queue"))?;
         }
+        let _ = connection.close(200, ShortString::from("done")).await;
         Ok(())
-    }
-
-    /// Empties a queue (the demo starts from a clean slate).
-    pub async fn purge(&self, queue: &str) -> Result<u32, BrokerError> {
-        self.publish
-            .queue_purge(ShortString::from(queue), QueuePurgeOptions::default())
-            .await
-            .map_err(failed("purging a queue"))
     }
 
     /// Takes (and acks) the next message of a queue, if any: its body and its

@@ -86,13 +86,15 @@ pub async fn run(
     println!("PBX simulator on {}", simulator.base_url());
 
     let store = open_store(&store_settings, true).await?;
+    // The demo's queues are its own scratch: start them afresh (this also
+    // replaces ones an older version declared with other arguments).
+    Broker::delete_topology(&broker_settings)
+        .await
+        .context("connecting to RabbitMQ")?;
     let publisher = Broker::connect(broker_settings.clone())
         .await
         .context("connecting to RabbitMQ")?;
     let dead_queue = broker_settings.dead_letter_queue();
-    for queue in [&broker_settings.queue, &dead_queue] {
-        publisher.purge(queue).await?;
-    }
 
     let sim_defaults = SimulatorSettings::default();
     let pbx = PbxClient::new(PbxSettings {

@@ -108,8 +108,8 @@ impl Plan {
                 }
             }
             Command::Bench(args) => Plan::Bench(crate::bench::BenchSettings {
-                database_url: args.database_url,
-                amqp_url: args.amqp_url,
+                database_url: args.store.settings()?.url,
+                amqp_url: args.amqp.amqp_url,
                 events: args.events.max(1),
                 sessions: args.sessions.max(1),
                 naive_events: args.naive_events.max(1),
@@ -123,7 +123,7 @@ impl Plan {
             }),
             Command::Demo(args) => Plan::Demo {
                 store: args.store.settings()?,
-                broker: crate::config::broker_settings(&args.amqp_url, &args.queue, 50)?,
+                broker: crate::config::broker_settings(&args.amqp.amqp_url, &args.queue, 50)?,
             },
             Command::Healthcheck(args) => Plan::Healthcheck {
                 addr: args.http.http_addr,

@@ -65,25 +65,12 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Postgres server; the bench (re)creates database
+    /// The Postgres server; the bench (re)creates database
     /// `session_enricher_bench` there.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        value_name = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        hide_env_values = true
-    )]
-    pub database_url: String,
-    /// RabbitMQ connection URL (the bench uses queues of its own).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        value_name = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub amqp: AmqpUrlArgs,
     /// Events in the ceiling and worker runs.
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
@@ -189,8 +176,9 @@ pub struct StoreArgs {
     pub db_timeout_ms: u64,
 }
 
+/// The RabbitMQ connection, shared by every command that needs one.
 #[derive(Debug, Args)]
-pub struct BrokerArgs {
+pub struct AmqpUrlArgs {
     /// RabbitMQ connection URL.
     #[arg(
         long,
@@ -200,6 +188,12 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub amqp: AmqpUrlArgs,
     /// Work queue (declared durable if absent); `<AMQP_QUEUE>.dead` holds
     /// dead letters.
     #[arg(
@@ -364,15 +358,8 @@ pub struct SimulatorArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        value_name = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub amqp: AmqpUrlArgs,
     /// The demo's own work queue (purged first), so a real one is untouched.
     #[arg(
         long,
@@ -431,15 +418,8 @@ pub struct IngestArgs {
         default_value = "30031"
     )]
     pub event_types: Vec<i64>,
-    /// RabbitMQ connection URL.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        value_name = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub amqp: AmqpUrlArgs,
     /// Work queue the events go to when AMQP_EXCHANGE is unset. The worker
     /// declares it; ingest is not ready until it exists.
     #[arg(
@@ -488,11 +468,13 @@ impl StoreArgs {
 
 impl BrokerArgs {
     pub fn settings(&self) -> Result<BrokerSettings, ConfigError> {
-        broker_settings(&self.amqp_url, &self.amqp_queue, self.prefetch).map(|s| BrokerSettings {
-            exchange: self.amqp_exchange.clone().filter(|e| !e.is_empty()),
-            routing_key: self.amqp_routing_key.clone().filter(|k| !k.is_empty()),
-            delivery_limit: self.delivery_limit,
-            ..s
+        broker_settings(&self.amqp.amqp_url, &self.amqp_queue, self.prefetch).map(|s| {
+            BrokerSettings {
+                exchange: self.amqp_exchange.clone().filter(|e| !e.is_empty()),
+                routing_key: self.amqp_routing_key.clone().filter(|k| !k.is_empty()),
+                delivery_limit: self.delivery_limit,
+                ..s
+            }
         })
     }
 }
@@ -561,7 +543,7 @@ impl IngestArgs {
                 "must list at least one event type",
             ));
         }
-        let queue = broker_settings(&self.amqp_url, &self.amqp_queue, 1)?.queue;
+        let queue = broker_settings(&self.amqp.amqp_url, &self.amqp_queue, 1)?.queue;
         let destination = match self.amqp_exchange.as_deref().filter(|e| !e.is_empty()) {
             Some(exchange) if exchange.len() > 255 => {
                 return Err(invalid("AMQP_EXCHANGE", "must be at most 255 characters"));
@@ -577,7 +559,7 @@ impl IngestArgs {
                 .map_err(|_| invalid("INGEST_MAX_BODY_BYTES", "is too large"))?,
             forwarded_types: self.event_types.clone(),
             publisher: PublisherSettings {
-                url: self.amqp_url.clone(),
+                url: self.amqp.amqp_url.clone(),
                 destination,
                 confirm_timeout: INGEST_CONFIRM_TIMEOUT,
                 reconnect: Backoff {

@@ -22,6 +22,33 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
+    /// Runs `op` until it succeeds, fails in a way `retryable` rejects, or
+    /// `attempts` are spent, sleeping `delay(n)` between tries. `on_retry`
+    /// is told of each failure that will be retried (for the caller's log).
+    pub async fn retry<T, E, F, Fut>(
+        &self,
+        mut op: F,
+        retryable: impl Fn(&E) -> bool,
+        on_retry: impl Fn(&E, u32, Duration),
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if attempt + 1 < self.attempts && retryable(&e) => {
+                    let wait = self.delay(attempt);
+                    on_retry(&e, attempt, wait);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The jittered wait after failed attempt `n`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.ceiling(attempt);

@@ -399,23 +399,6 @@ impl Broker {
         }
     }
 
-    /// Ready messages in a queue (a passive declare), for `demo` and tests.
-    pub async fn ready_count(&self, queue: &str) -> Result<u32, BrokerError> {
-        let declared = self
-            .publish
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed("inspecting a queue"))?;
-        Ok(declared.message_count())
-    }
-
     /// Publishes many persistent messages to a queue, pipelined, waiting for
     /// the broker's confirms every `window` messages (bench preloads).
     pub async fn publish_many(

@@ -73,33 +73,38 @@ impl Enricher {
             },
             Err(e) => return Err(e.into()),
         };
-        let answers = std::slice::from_ref(&answer);
-        let results = self
-            .with_store_retry(|| self.store.write_batch(&self.pbx_id, answers))
-            .await?;
+        let results = write_answers(
+            &self.store,
+            &self.store_retry,
+            &self.pbx_id,
+            std::slice::from_ref(&answer),
+        )
+        .await?;
         Ok(match results.first() {
             Some(BatchResult::Written) => Enrichment::Written,
             Some(BatchResult::Missing { marked }) => Enrichment::Missing { marked: *marked },
             Some(BatchResult::Stale | BatchResult::Superseded) | None => Enrichment::Stale,
         })
     }
+}
 
-    async fn with_store_retry<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Err(StoreError::Unavailable(why)) if attempt + 1 < self.store_retry.attempts => {
-                    let wait = self.store_retry.delay(attempt);
-                    tracing::warn!(error = %why, attempt, wait_ms = wait.as_millis() as u64, "Database write failed; retrying.");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
+/// Writes PBX answers in one batch, retrying while the database is
+/// unavailable (the answers are kept: the PBX is not asked again). Shared by
+/// `enrich` and the worker's pipeline.
+pub(crate) async fn write_answers(
+    store: &Store,
+    retry: &Backoff,
+    pbx_id: &str,
+    answers: &[Answer],
+) -> Result<Vec<BatchResult>, StoreError> {
+    retry
+        .retry(
+            || store.write_batch(pbx_id, answers),
+            |e| matches!(e, StoreError::Unavailable(_)),
+            |e, attempt, wait| {
+                tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64,
+                    "Database write failed; retrying.");
+            },
+        )
+        .await
 }

@@ -12,7 +12,6 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -306,10 +305,9 @@ impl Metrics {
         self.events_in_flight.inc();
     }
 
-    /// Counts a settled delivery and, if its session was committed and the
-    /// message carries its publish time (ms since the epoch), the lag from
-    /// publish to commit.
-    pub fn event_settled(&self, outcome: &Outcome, published_at_ms: Option<i64>) {
+    /// Counts a settled delivery and, when the worker measured one, its
+    /// publish→commit lag in milliseconds.
+    pub fn event_settled(&self, outcome: &Outcome, lag_ms: Option<u64>) {
         self.events_in_flight.dec();
         let label = match outcome {
             Outcome::Enriched => EventOutcome::Enriched,
@@ -325,10 +323,7 @@ impl Metrics {
         self.events
             .get_or_create(&OutcomeLabels { outcome: label })
             .inc();
-        if let (Outcome::Enriched | Outcome::Unchanged | Outcome::NotFound, Some(ms)) =
-            (outcome, published_at_ms)
-        {
-            let lag_ms = Utc::now().timestamp_millis().saturating_sub(ms).max(0);
+        if let Some(lag_ms) = lag_ms {
             self.event_lag
                 .get_or_create(&LagLabels {
                     since: LagSince::Published,

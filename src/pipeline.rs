@@ -357,18 +357,7 @@ async fn write(
     pauses: &mpsc::UnboundedSender<Pause>,
 ) {
     let answers: Vec<Answer> = batch.iter().map(|f| f.answer.clone()).collect();
-    let mut attempt = 0;
-    let results = loop {
-        match store.write_batch(pbx_id, &answers).await {
-            Err(StoreError::Unavailable(why)) if attempt + 1 < store_retry.attempts => {
-                let wait = store_retry.delay(attempt);
-                tracing::warn!(error = %why, attempt, wait_ms = wait.as_millis() as u64, "Database write failed; retrying.");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            other => break other,
-        }
-    };
+    let results = crate::enricher::write_answers(store, store_retry, pbx_id, &answers).await;
     match results {
         Ok(results) => {
             for (fetched, result) in batch.into_iter().zip(results) {

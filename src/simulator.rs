@@ -450,7 +450,7 @@ const AGENTS: [(i64, &str, &str); 4] = [
 /// The channel a synthetic session has: by `id % 4`, sms, whatsapp,
 /// facebook, livechat.
 pub fn synthetic_channel(id: i64) -> &'static str {
-    ["sms", "whatsapp", "facebook", "livechat"][(id % 4) as usize]
+    ["sms", "whatsapp", "facebook", "livechat"][id.rem_euclid(4) as usize]
 }
 
 /// Whether a synthetic session waits in a queue (has participants): every

@@ -329,16 +329,28 @@ impl Worker {
                     .settle(&pending.delivery, outcome)
                     .instrument(span)
                     .await;
-                if matches!(settled, Outcome::Enriched | Outcome::Unchanged)
-                    && let Some(published_at) = pending.delivery.published_at_ms
-                {
-                    let lag = chrono::Utc::now()
-                        .timestamp_millis()
-                        .saturating_sub(published_at);
-                    shared.counts.lag.record(u64::try_from(lag).unwrap_or(0));
+                // Publish→commit, for events whose answer was committed and
+                // that carry their publish time.
+                let committed = matches!(
+                    settled,
+                    Outcome::Enriched | Outcome::Unchanged | Outcome::NotFound
+                );
+                let lag_ms =
+                    pending
+                        .delivery
+                        .published_at_ms
+                        .filter(|_| committed)
+                        .map(|published_at| {
+                            let lag = chrono::Utc::now()
+                                .timestamp_millis()
+                                .saturating_sub(published_at);
+                            u64::try_from(lag).unwrap_or(0)
+                        });
+                if let Some(lag_ms) = lag_ms {
+                    shared.counts.lag.record(lag_ms);
                 }
                 shared.counts.record(&settled);
-                metrics::get().event_settled(&settled, pending.delivery.published_at_ms);
+                metrics::get().event_settled(&settled, lag_ms);
             }
             .boxed()
         })

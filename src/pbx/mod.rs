@@ -17,13 +17,12 @@ use tokio::sync::Semaphore;
 
 pub use error::PbxError;
 pub use status::{PbxAccess, PbxStatus};
-pub use token::TokenEvents;
 
 use crate::backoff::Backoff;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::{Api, CallError};
-use token::{TokenCache, TokenCounter};
+use token::TokenCache;
 
 /// How to reach and treat one PBX.
 #[derive(Clone, Debug)]
@@ -47,7 +46,6 @@ pub struct PbxSettings {
 pub struct PbxClient {
     api: Api,
     tokens: TokenCache,
-    token_events: TokenCounter,
     /// Whether the PBX grants or refuses tokens, for readiness.
     status: Arc<PbxStatus>,
     in_flight: Semaphore,
@@ -70,7 +68,6 @@ impl PbxClient {
                 Arc::clone(&status),
             ),
             status,
-            token_events: TokenCounter::default(),
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             retry: settings.retry,
         })
@@ -79,19 +76,16 @@ impl PbxClient {
     /// Fetches one session. Transient failures are retried with backoff up to
     /// the configured attempts; the last one is returned as `Transient`.
     pub async fn fetch_session(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
-        let mut attempt = 0;
-        loop {
-            match self.fetch_once(id).await {
-                Err(PbxError::Transient(why)) if attempt + 1 < self.retry.attempts => {
-                    let wait = self.retry.delay(attempt);
-                    tracing::warn!(session_id = id.get(), attempt, error = %why, wait_ms = wait.as_millis() as u64,
+        self.retry
+            .retry(
+                || self.fetch_once(id),
+                |e| matches!(e, PbxError::Transient(_)),
+                |e, attempt, wait| {
+                    tracing::warn!(session_id = id.get(), attempt, error = %e, wait_ms = wait.as_millis() as u64,
                         "PBX call failed; retrying.");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+                },
+            )
+            .await
     }
 
     async fn fetch_once(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
@@ -101,17 +95,11 @@ impl PbxClient {
             .await
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
         let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
-        let token = self
-            .tokens
-            .access_token(&self.api, &self.token_events)
-            .await?;
+        let token = self.tokens.access_token(&self.api).await?;
         let answer = match self.api.message_session(&token, id).await {
             Err(CallError::TokenExpired) => {
                 self.tokens.invalidate(&token).await;
-                let token = self
-                    .tokens
-                    .access_token(&self.api, &self.token_events)
-                    .await?;
+                let token = self.tokens.access_token(&self.api).await?;
                 match self.api.message_session(&token, id).await {
                     Err(CallError::TokenExpired) => {
                         return Err(PbxError::Transient(
@@ -152,10 +140,7 @@ impl PbxClient {
     /// Obtains a token now unless a valid one is held: at start, so refused
     /// credentials show before the first event.
     pub async fn log_in(&self) -> Result<(), PbxError> {
-        self.tokens
-            .access_token(&self.api, &self.token_events)
-            .await
-            .map(drop)
+        self.tokens.access_token(&self.api).await.map(drop)
     }
 
     /// What the PBX last said about the credentials (for readiness).
@@ -163,18 +148,9 @@ impl PbxClient {
         Arc::clone(&self.status)
     }
 
-    /// Whether a valid token is held now (for readiness).
-    pub async fn has_valid_token(&self) -> bool {
-        self.tokens.is_valid().await
-    }
-
     /// Whether refused logins made this process stop logging in (an
     /// operator must fix the credentials or lift an IP block, then restart).
     pub async fn logins_halted(&self) -> bool {
         self.tokens.is_halted().await
-    }
-
-    pub fn token_events(&self) -> TokenEvents {
-        self.token_events.snapshot()
     }
 }

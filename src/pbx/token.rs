@@ -36,13 +36,6 @@ struct TokenState {
     last_refusal: Option<PbxError>,
 }
 
-/// What renewing cost, for metrics and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenEvents {
-    pub logins: u64,
-    pub refreshes: u64,
-}
-
 impl TokenCache {
     pub fn new(
         client_id: String,
@@ -62,7 +55,7 @@ impl TokenCache {
     /// A usable access token, renewing it first if it expires within the
     /// margin. Callers are serialised here, so concurrent requests share one
     /// renewal.
-    pub async fn access_token(&self, api: &Api, events: &TokenCounter) -> Result<Secret, PbxError> {
+    pub async fn access_token(&self, api: &Api) -> Result<Secret, PbxError> {
         let mut state = self.state.lock().await;
         let now = Instant::now();
         if let Some(token) = &state.token
@@ -75,7 +68,6 @@ impl TokenCache {
         {
             match api.refresh_token(&old.refresh).await {
                 Ok(fresh) => {
-                    events.refreshed();
                     self.status.granted();
                     tracing::debug!("PBX access token refreshed.");
                     let access = fresh.access.clone();
@@ -98,7 +90,7 @@ impl TokenCache {
                 }
             }
         }
-        self.login(&mut state, api, events).await
+        self.login(&mut state, api).await
     }
 
     /// Forgets `used` if it is still the current token, so the next
@@ -121,21 +113,7 @@ impl TokenCache {
         self.state.lock().await.halted.is_some()
     }
 
-    /// Whether a token is held and valid now.
-    pub async fn is_valid(&self) -> bool {
-        let state = self.state.lock().await;
-        state
-            .token
-            .as_ref()
-            .is_some_and(|t| Instant::now() < t.access_expires_at)
-    }
-
-    async fn login(
-        &self,
-        state: &mut TokenState,
-        api: &Api,
-        events: &TokenCounter,
-    ) -> Result<Secret, PbxError> {
+    async fn login(&self, state: &mut TokenState, api: &Api) -> Result<Secret, PbxError> {
         if let Some(halted) = &state.halted {
             return Err(halted.clone());
         }
@@ -144,7 +122,6 @@ impl TokenCache {
         {
             return Err(last.clone());
         }
-        events.logged_in();
         match api.get_token(&self.client_id, &self.client_secret).await {
             Ok(token) => {
                 if state.refused_logins > 0 {
@@ -197,30 +174,4 @@ fn renewal_margin(token: &TokenPair) -> Duration {
         .access_expires_at
         .saturating_duration_since(token.issued_at);
     (lifetime / 4).min(Duration::from_secs(300))
-}
-
-/// Counts logins and refreshes (atomics: read without the cache's lock).
-#[derive(Default, Debug)]
-pub struct TokenCounter {
-    logins: std::sync::atomic::AtomicU64,
-    refreshes: std::sync::atomic::AtomicU64,
-}
-
-impl TokenCounter {
-    fn logged_in(&self) {
-        self.logins
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn refreshed(&self) {
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> TokenEvents {
-        TokenEvents {
-            logins: self.logins.load(std::sync::atomic::Ordering::Relaxed),
-            refreshes: self.refreshes.load(std::sync::atomic::Ordering::Relaxed),
-        }
-    }
 }

@@ -12,14 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerSettings;
 use crate::config::{Command, ConfigError};
-use crate::enricher::{Enricher, Enrichment};
 use crate::health::{self, HealthServer, ReadinessChecks};
 use crate::intake::{Intake, IntakeSettings};
 use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxError, PbxSettings};
+use crate::pipeline::AnswerSink;
+use crate::processing::BatchResult;
 use crate::session::SessionId;
 use crate::simulator::{Simulator, SimulatorSettings};
-use crate::store::{Store, StoreSettings};
+use crate::store::{Store, StoreSettings, StoreSink};
 use crate::worker::{Worker, WorkerSettings};
 use crate::{demo, report};
 
@@ -147,7 +148,9 @@ impl Plan {
                 migrate,
             } => run(store, broker, pbx, worker, http_addr, migrate, shutdown).await,
             Plan::Migrate { store } => {
-                let store = open_store(&store, true).await?;
+                let store = Store::open(&store, true)
+                    .await
+                    .context("opening the database")?;
                 store.close().await;
                 println!("Migrations applied.");
                 Ok(ExitCode::SUCCESS)
@@ -210,15 +213,14 @@ async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let store = Store::connect_lazy(&store).context("DATABASE_URL")?;
-    let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-    let enricher = Enricher::new(
-        pbx,
+    let pbx = Arc::new(PbxClient::new(pbx).context("setting up the PBX client")?);
+    let worker = Worker::new(
+        broker,
+        Arc::clone(&pbx),
         store.clone(),
-        worker.pbx_id.clone(),
-        worker.store_retry,
+        worker,
+        Arc::new(OutcomeCounts::default()),
     );
-    let pbx = Arc::clone(enricher.pbx());
-    let worker = Worker::new(broker, enricher, worker, Arc::new(OutcomeCounts::default()));
     let health = HealthServer::start(
         http_addr,
         ReadinessChecks {
@@ -260,14 +262,6 @@ async fn log_in_at_start(pbx: &PbxClient) {
     }
 }
 
-pub(crate) async fn open_store(settings: &StoreSettings, migrate: bool) -> anyhow::Result<Store> {
-    let store = Store::connect_lazy(settings).context("DATABASE_URL")?;
-    if migrate {
-        store.migrate().await.context("applying migrations")?;
-    }
-    Ok(store)
-}
-
 async fn enrich(
     store: StoreSettings,
     pbx: PbxSettings,
@@ -275,36 +269,46 @@ async fn enrich(
     ids: Vec<SessionId>,
     migrate: bool,
 ) -> anyhow::Result<ExitCode> {
-    let store = open_store(&store, migrate).await?;
+    let store = Store::open(&store, migrate)
+        .await
+        .context("opening the database")?;
     let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-    let enricher = Enricher::new(
-        pbx,
+    // The worker's write path, with a batch of one.
+    let sink = StoreSink::new(
         store.clone(),
         pbx_id.clone(),
         WorkerSettings::default().store_retry,
     );
     let mut failed = 0;
-    for id in &ids {
-        match enricher.enrich(*id).await {
-            Ok(Enrichment::Written) => println!("session {id}: written"),
-            Ok(Enrichment::Stale) => println!("session {id}: unchanged (a newer answer is stored)"),
-            Ok(Enrichment::Missing { marked }) => {
-                println!(
-                    "session {id}: not found on the PBX{}",
-                    if marked {
-                        " (stored row marked missing)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+    for &id in &ids {
+        let written = match pbx.answer(id).await {
+            Ok(answer) => sink.write(std::slice::from_ref(&answer)).await.pop(),
             Err(e) => {
+                failed += 1;
+                println!("session {id}: FAILED: {e}");
+                continue;
+            }
+        };
+        match written {
+            Some(Ok(BatchResult::Written)) => println!("session {id}: written"),
+            Some(Ok(BatchResult::Stale | BatchResult::Superseded)) | None => {
+                println!("session {id}: unchanged (a newer answer is stored)");
+            }
+            Some(Ok(BatchResult::Missing { marked })) => println!(
+                "session {id}: not found on the PBX{}",
+                if marked {
+                    " (stored row marked missing)"
+                } else {
+                    ""
+                }
+            ),
+            Some(Err(e)) => {
                 failed += 1;
                 println!("session {id}: FAILED: {e}");
             }
         }
     }
-    enricher.pbx().revoke_token().await;
+    pbx.revoke_token().await;
     let raw_ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let snapshot = store
         .snapshot(&pbx_id, &raw_ids)

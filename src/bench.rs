@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerSettings};
-use crate::enricher::Enricher;
 use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxSettings};
 use crate::pipeline::PipelineSettings;
@@ -317,8 +316,7 @@ impl Phase<'_> {
             login_retry_min: Duration::from_secs(60),
         })?;
         let store = Store::connect_lazy(self.store_settings)?;
-        let enricher = Enricher::new(pbx, store, settings.pbx_id.clone(), settings.store_retry);
-        Ok(Worker::new(broker, enricher, settings, counts))
+        Ok(Worker::new(broker, Arc::new(pbx), store, settings, counts))
     }
 
     /// Preloads `bodies`, then runs a worker until `events` are settled.

@@ -11,15 +11,13 @@ use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::open_store;
 use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerSettings};
-use crate::enricher::Enricher;
 use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxSettings};
 use crate::report;
 use crate::simulator::{Simulator, SimulatorSettings};
-use crate::store::StoreSettings;
+use crate::store::{Store, StoreSettings};
 use crate::worker::{Worker, WorkerSettings};
 
 const DEMO_PBX: &str = "demo";
@@ -85,7 +83,9 @@ pub async fn run(
     .context("starting the PBX simulator")?;
     println!("PBX simulator on {}", simulator.base_url());
 
-    let store = open_store(&store_settings, true).await?;
+    let store = Store::open(&store_settings, true)
+        .await
+        .context("opening the database")?;
     // The demo's queues are its own scratch: start them afresh (this also
     // replaces ones an older version declared with other arguments).
     Broker::delete_topology(&broker_settings)
@@ -114,12 +114,8 @@ pub async fn run(
     let counts = Arc::new(OutcomeCounts::default());
     let worker = Worker::new(
         broker_settings.clone(),
-        Enricher::new(
-            pbx,
-            store.clone(),
-            DEMO_PBX.into(),
-            WorkerSettings::default().store_retry,
-        ),
+        Arc::new(pbx),
+        store.clone(),
         WorkerSettings {
             pbx_id: DEMO_PBX.into(),
             ..WorkerSettings::default()
@@ -159,7 +155,9 @@ pub async fn run(
         "\nOutcomes: {} enriched, {} unchanged, {} skipped, {} not found, {} dead-lettered\n",
         c.enriched, c.unchanged, c.skipped, c.not_found, c.dead_lettered
     );
-    let store = open_store(&store_settings, false).await?;
+    let store = Store::open(&store_settings, false)
+        .await
+        .context("opening the database")?;
     let snapshot = store
         .snapshot(DEMO_PBX, &[1000, 1001, 1002, 1003, 1011, 2862])
         .await

@@ -1,5 +1,8 @@
-//! `Outcome`: what processing one delivery decided, and `OutcomeCounts`, the
-//! running tally per outcome (read by `demo`, tests and metrics).
+//! `Outcome`: what the worker does with one delivery (`decide` chooses it,
+//! the settle step carries it out), and `OutcomeCounts`, the running tally
+//! per outcome (read by `demo`, `bench` and tests).
+
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,11 +38,21 @@ pub enum Outcome {
     Skipped { event_type: i64 },
     /// The PBX says the session does not exist (any more).
     NotFound,
-    /// The event can never be processed: dead-letter it with this reason.
-    DeadLetter { reason: String },
+    /// The event can never be processed: dead-letter it with this reason
+    /// and attempt count. `unless_recorded`: a redelivery, so first ask the
+    /// dead-letter record whether it was published already (then only ack).
+    DeadLetter {
+        reason: String,
+        attempts: u32,
+        unless_recorded: bool,
+    },
     /// Failed for now after the in-process retries: republish it to the
-    /// retry queue (dead-letter it once its attempts are spent).
-    Retry { reason: String },
+    /// retry queue as attempt `attempts`, to come back after `delay`.
+    Retry {
+        reason: String,
+        attempts: u32,
+        delay: Duration,
+    },
     /// Not the event's fault: return it to the queue and stop consuming
     /// until the dependency recovers.
     Hold(Pause),

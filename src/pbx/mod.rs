@@ -6,6 +6,7 @@
 mod api;
 mod error;
 mod observe;
+mod source;
 mod status;
 mod token;
 

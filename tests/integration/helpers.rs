@@ -17,7 +17,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 use session_enricher::backoff::Backoff;
 use session_enricher::broker::{Broker, BrokerSettings, Destination, PublisherSettings};
-use session_enricher::enricher::Enricher;
 use session_enricher::intake::{Intake, IntakeSettings, SignaturePolicy};
 use session_enricher::outcome::{CountsSnapshot, OutcomeCounts};
 use session_enricher::pbx::{PbxClient, PbxSettings, PbxStatus};
@@ -373,15 +372,15 @@ impl TestEnv {
     pub fn spawn(&self, setup: WorkerSetup) -> RunningWorker {
         let counts = Arc::new(OutcomeCounts::default());
         let stop = CancellationToken::new();
-        let pbx_client = PbxClient::new(setup.pbx).unwrap();
+        let pbx_client = Arc::new(PbxClient::new(setup.pbx).unwrap());
         let pbx = pbx_client.status();
-        let enricher = Enricher::new(
+        let worker = Worker::new(
+            setup.broker,
             pbx_client,
             Store::connect_lazy(&setup.store).unwrap(),
-            PBX.into(),
-            setup.worker.store_retry,
+            setup.worker,
+            Arc::clone(&counts),
         );
-        let worker = Worker::new(setup.broker, enricher, setup.worker, Arc::clone(&counts));
         let status = worker.status();
         let handle = tokio::spawn(worker.run(stop.clone()));
         RunningWorker {

@@ -1,0 +1,298 @@
+//! The batch write: one transaction, one multi-row `UNNEST` upsert per
+//! table, rows locked in key order, and the stale-write guard (an answer
+//! older than the stored one changes nothing).
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Transaction};
+
+use super::{Store, StoreError};
+use crate::metrics::{self, DbWrite};
+use crate::processing::{Answer, BatchResult, newest_per_session};
+use crate::session::FetchedSession;
+
+impl Store {
+    /// Writes a batch of PBX answers in one transaction, one statement per
+    /// table (multi-row `UNNEST` upserts). The batch may hold one session
+    /// several times: only its newest answer is written, the others are
+    /// `Superseded`. Rows are written in key order, so concurrent batches
+    /// cannot deadlock; an answer older than the stored one is `Stale`.
+    pub async fn write_batch(
+        &self,
+        pbx: &str,
+        answers: &[Answer],
+    ) -> Result<Vec<BatchResult>, StoreError> {
+        let newest = newest_per_session(answers);
+        let fetched: Vec<&FetchedSession> = newest
+            .iter()
+            .filter_map(|&i| match &answers[i] {
+                Answer::Found(f) => Some(f.as_ref()),
+                Answer::Missing { .. } => None,
+            })
+            .collect();
+        let missing: Vec<(i64, DateTime<Utc>)> = newest
+            .iter()
+            .filter_map(|&i| match &answers[i] {
+                Answer::Missing { id, seen_at } => Some((id.get(), *seen_at)),
+                Answer::Found(_) => None,
+            })
+            .collect();
+
+        let timer = metrics::get().db_transaction(DbWrite::Batch, newest.len());
+        let mut tx = self.pool.begin().await?;
+        let applied = upsert_sessions(&mut tx, pbx, &fetched).await?;
+        let applied_sessions: Vec<&FetchedSession> = fetched
+            .iter()
+            .copied()
+            .filter(|f| applied.contains(&f.info.id.get()))
+            .collect();
+        upsert_customers(&mut tx, pbx, &applied_sessions).await?;
+        replace_agent_sets(&mut tx, pbx, &applied_sessions).await?;
+        let marked = mark_batch_missing(&mut tx, pbx, &missing).await?;
+        tx.commit().await?;
+        timer.committed();
+
+        Ok(answers
+            .iter()
+            .enumerate()
+            .map(|(i, answer)| {
+                let id = answer.session_id().get();
+                if !newest.contains(&i) {
+                    BatchResult::Superseded
+                } else {
+                    match answer {
+                        Answer::Found(_) if applied.contains(&id) => BatchResult::Written,
+                        Answer::Found(_) => BatchResult::Stale,
+                        Answer::Missing { .. } => BatchResult::Missing {
+                            marked: marked.contains(&id),
+                        },
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// Upserts session rows (unique, in key order) unless a newer answer is
+/// stored; returns the ids written.
+async fn upsert_sessions(
+    tx: &mut Transaction<'_, Postgres>,
+    pbx: &str,
+    sessions: &[&FetchedSession],
+) -> Result<std::collections::HashSet<i64>, StoreError> {
+    if sessions.is_empty() {
+        return Ok(Default::default());
+    }
+    let column = |f: fn(&FetchedSession) -> Option<String>| {
+        sessions
+            .iter()
+            .map(|s| f(s))
+            .collect::<Vec<Option<String>>>()
+    };
+    let ids: Vec<i64> = sessions.iter().map(|s| s.info.id.get()).collect();
+    let customer_types: Vec<Option<i32>> = sessions
+        .iter()
+        .map(|s| s.info.customer.as_ref().map(|c| c.user_type))
+        .collect();
+    let raws: Vec<serde_json::Value> = sessions.iter().map(|s| s.info.raw.clone()).collect();
+    let fetched_at: Vec<DateTime<Utc>> = sessions.iter().map(|s| s.fetched_at).collect();
+    let written: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO message_sessions AS m (
+             pbx, session_id, channel_type, channel_name, did_number, to_number, origin,
+             page_name, website_domain, customer_user_type, customer_user_no,
+             prechat_name, prechat_email, prechat_phone, prechat_first_name, prechat_last_name,
+             raw, fetched_at)
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+             $8::text[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[],
+             $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[])
+         ON CONFLICT (pbx, session_id) DO UPDATE SET
+             channel_type = EXCLUDED.channel_type, channel_name = EXCLUDED.channel_name,
+             did_number = EXCLUDED.did_number, to_number = EXCLUDED.to_number,
+             origin = EXCLUDED.origin, page_name = EXCLUDED.page_name,
+             website_domain = EXCLUDED.website_domain,
+             customer_user_type = EXCLUDED.customer_user_type,
+             customer_user_no = EXCLUDED.customer_user_no,
+             prechat_name = EXCLUDED.prechat_name, prechat_email = EXCLUDED.prechat_email,
+             prechat_phone = EXCLUDED.prechat_phone,
+             prechat_first_name = EXCLUDED.prechat_first_name,
+             prechat_last_name = EXCLUDED.prechat_last_name,
+             raw = EXCLUDED.raw, fetched_at = EXCLUDED.fetched_at,
+             missing_at = NULL, updated_at = now()
+         WHERE m.fetched_at <= EXCLUDED.fetched_at
+         RETURNING session_id",
+    )
+    .bind(pbx)
+    .bind(&ids)
+    .bind(column(|s| s.info.channel_type.clone()))
+    .bind(column(|s| s.info.channel_name.clone()))
+    .bind(column(|s| s.info.did_number.clone()))
+    .bind(column(|s| s.info.to_number.clone()))
+    .bind(column(|s| s.info.origin.clone()))
+    .bind(column(|s| s.info.page_name.clone()))
+    .bind(column(|s| s.info.website_domain.clone()))
+    .bind(&customer_types)
+    .bind(column(|s| s.info.customer.as_ref().map(|c| c.user_no.clone())))
+    .bind(column(|s| s.info.pre_chat.name.clone()))
+    .bind(column(|s| s.info.pre_chat.email.clone()))
+    .bind(column(|s| s.info.pre_chat.phone.clone()))
+    .bind(column(|s| s.info.pre_chat.first_name.clone()))
+    .bind(column(|s| s.info.pre_chat.last_name.clone()))
+    .bind(&raws)
+    .bind(&fetched_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(written.into_iter().collect())
+}
+
+/// Upserts the customers of written sessions, one row per customer (the
+/// newest answer), in key order.
+async fn upsert_customers(
+    tx: &mut Transaction<'_, Postgres>,
+    pbx: &str,
+    sessions: &[&FetchedSession],
+) -> Result<(), StoreError> {
+    let mut customers: std::collections::BTreeMap<
+        (i32, &str),
+        (&crate::session::Customer, DateTime<Utc>),
+    > = Default::default();
+    for s in sessions {
+        if let Some(c) = &s.info.customer {
+            let entry = customers
+                .entry((c.user_type, c.user_no.as_str()))
+                .or_insert((c, s.fetched_at));
+            if s.fetched_at > entry.1 {
+                *entry = (c, s.fetched_at);
+            }
+        }
+    }
+    if customers.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = customers.values().collect();
+    sqlx::query(
+        "INSERT INTO customers AS c (pbx, user_type, user_no, username, avatar, fetched_at)
+         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+         ON CONFLICT (pbx, user_type, user_no) DO UPDATE
+           SET username = EXCLUDED.username, avatar = EXCLUDED.avatar,
+               fetched_at = EXCLUDED.fetched_at, updated_at = now()
+         WHERE c.fetched_at <= EXCLUDED.fetched_at",
+    )
+    .bind(pbx)
+    .bind(rows.iter().map(|(c, _)| c.user_type).collect::<Vec<i32>>())
+    .bind(
+        rows.iter()
+            .map(|(c, _)| c.user_no.clone())
+            .collect::<Vec<String>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(c, _)| c.username.clone())
+            .collect::<Vec<Option<String>>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(c, _)| c.avatar.clone())
+            .collect::<Vec<Option<String>>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(_, at)| *at)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Makes each written session's agent set equal to its answer's, keeping
+/// `first_seen_at` of agents that stay.
+async fn replace_agent_sets(
+    tx: &mut Transaction<'_, Postgres>,
+    pbx: &str,
+    sessions: &[&FetchedSession],
+) -> Result<(), StoreError> {
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let session_ids: Vec<i64> = sessions.iter().map(|s| s.info.id.get()).collect();
+    let mut agent_session = Vec::new();
+    let mut agent_ids = Vec::new();
+    let mut numbers = Vec::new();
+    let mut names = Vec::new();
+    let mut avatars = Vec::new();
+    let mut positions = Vec::new();
+    for s in sessions {
+        for (position, a) in s.info.pending_agents.iter().enumerate() {
+            agent_session.push(s.info.id.get());
+            agent_ids.push(a.user_id);
+            numbers.push(a.user_no.clone());
+            names.push(a.username.clone());
+            avatars.push(a.avatar.clone());
+            positions.push(i32::try_from(position).unwrap_or(i32::MAX));
+        }
+    }
+    sqlx::query(
+        "DELETE FROM session_pending_agents p
+          WHERE p.pbx = $1 AND p.session_id = ANY($2)
+            AND NOT EXISTS (SELECT 1 FROM UNNEST($3::bigint[], $4::bigint[]) AS keep(session_id, agent_user_id)
+                             WHERE keep.session_id = p.session_id AND keep.agent_user_id = p.agent_user_id)",
+    )
+    .bind(pbx)
+    .bind(&session_ids)
+    .bind(&agent_session)
+    .bind(&agent_ids)
+    .execute(&mut **tx)
+    .await?;
+    if agent_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO session_pending_agents AS a
+             (pbx, session_id, agent_user_id, agent_user_no, agent_username, agent_avatar, position)
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::int[])
+         ON CONFLICT (pbx, session_id, agent_user_id) DO UPDATE SET
+             agent_user_no = EXCLUDED.agent_user_no, agent_username = EXCLUDED.agent_username,
+             agent_avatar = EXCLUDED.agent_avatar, position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(pbx)
+    .bind(&agent_session)
+    .bind(&agent_ids)
+    .bind(&numbers)
+    .bind(&names)
+    .bind(&avatars)
+    .bind(&positions)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks sessions missing (unless a newer answer is stored) and removes
+/// their pending agents; returns the ids marked.
+async fn mark_batch_missing(
+    tx: &mut Transaction<'_, Postgres>,
+    pbx: &str,
+    missing: &[(i64, DateTime<Utc>)],
+) -> Result<std::collections::HashSet<i64>, StoreError> {
+    if missing.is_empty() {
+        return Ok(Default::default());
+    }
+    let marked: Vec<i64> = sqlx::query_scalar(
+        "UPDATE message_sessions m
+            SET missing_at = COALESCE(m.missing_at, u.seen_at), fetched_at = u.seen_at, updated_at = now()
+           FROM UNNEST($2::bigint[], $3::timestamptz[]) AS u(session_id, seen_at)
+          WHERE m.pbx = $1 AND m.session_id = u.session_id AND m.fetched_at <= u.seen_at
+         RETURNING m.session_id",
+    )
+    .bind(pbx)
+    .bind(missing.iter().map(|(id, _)| *id).collect::<Vec<i64>>())
+    .bind(missing.iter().map(|(_, at)| *at).collect::<Vec<DateTime<Utc>>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    if !marked.is_empty() {
+        sqlx::query("DELETE FROM session_pending_agents WHERE pbx = $1 AND session_id = ANY($2)")
+            .bind(pbx)
+            .bind(&marked)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(marked.into_iter().collect())
+}

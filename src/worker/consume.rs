@@ -1,0 +1,156 @@
+//! One consuming session on one broker connection: take deliveries, parse
+//! each at the edge, hand message events to the pipeline, and settle what
+//! comes back, until shutdown, a pause or the loss of the connection; then
+//! stop consuming and drain what is in flight within the deadline.
+
+use std::sync::Arc;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Worker;
+use super::settle::{Settler, Taken};
+use crate::broker::Broker;
+use crate::event::{self, Event};
+use crate::metrics;
+use crate::outcome::Pause;
+use crate::pipeline::{Done, Pipeline};
+use crate::processing::Processed;
+use crate::store::StoreSink;
+
+/// Deliveries handed over at once at most: what has already arrived, taken
+/// without waiting, so a burst rides on one fetch per session.
+const ARRIVED_AT_ONCE: usize = 512;
+
+/// Why a consuming session ended.
+pub(super) enum SessionEnd {
+    Shutdown { drained: bool },
+    BrokerLost(String),
+    Paused(Pause),
+}
+
+impl Worker {
+    /// Consumes on one connection until shutdown, a pause or the loss of
+    /// the connection, then stops consuming and settles in-flight work.
+    pub(super) async fn consume(
+        &self,
+        broker: &Arc<Broker>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let tag = format!(
+            "session-enricher-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut deliveries = match broker.consume(&tag).await {
+            Ok(deliveries) => deliveries,
+            Err(e) => return SessionEnd::BrokerLost(e.to_string()),
+        };
+        self.status.set_consuming(true);
+        self.status.set_problem(None);
+        tracing::info!(consumer = %tag, "Consuming.");
+        let settings = &self.settings;
+        let (done, mut finished) = mpsc::unbounded_channel::<Done<Taken>>();
+        let sink = StoreSink::new(
+            self.store.clone(),
+            settings.pbx_id.clone(),
+            settings.store_retry,
+        );
+        let pipeline = Pipeline::start(
+            settings.pipeline,
+            Arc::clone(&self.pbx),
+            Arc::new(sink),
+            done.clone(),
+        );
+        let settler = Settler::new(
+            Arc::clone(broker),
+            self.store.clone(),
+            settings.clone(),
+            Arc::clone(&self.counts),
+        );
+        // Deliveries taken and not yet handed to the settler.
+        let mut in_flight = 0usize;
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break SessionEnd::Shutdown { drained: true },
+                Some(finished) = finished.recv() => {
+                    in_flight -= 1;
+                    if let Some(pause) = settler.settle(finished) {
+                        break SessionEnd::Paused(pause);
+                    }
+                }
+                next = deliveries.next() => match next {
+                    Some(Ok(first)) => {
+                        let mut arrived = vec![first];
+                        let mut lost = None;
+                        while arrived.len() < ARRIVED_AT_ONCE && lost.is_none() {
+                            match deliveries.next().now_or_never() {
+                                Some(Some(Ok(more))) => arrived.push(more),
+                                Some(Some(Err(e))) => lost = Some(e.to_string()),
+                                Some(None) => lost = Some("the broker cancelled the consumer".to_owned()),
+                                None => break,
+                            }
+                        }
+                        in_flight += arrived.len();
+                        let mut messages = Vec::with_capacity(arrived.len());
+                        for delivery in arrived {
+                            metrics::get().event_taken();
+                            let processed = match event::parse(&delivery.body, &settings.handled_types) {
+                                Ok(Event::Message(message)) => {
+                                    messages.push((message.session_id, Taken { delivery, event: Some(message) }));
+                                    continue;
+                                }
+                                Ok(Event::Ignored { event_type }) => Processed::Skipped { event_type },
+                                Err(malformed) => Processed::Malformed { reason: malformed.to_string() },
+                            };
+                            let ticket = Taken { delivery, event: None };
+                            // `finished` lives as long as this function.
+                            let _ = done.send(Done { ticket, processed });
+                        }
+                        pipeline.submit(messages);
+                        if let Some(why) = lost {
+                            break SessionEnd::BrokerLost(why);
+                        }
+                    }
+                    Some(Err(e)) => break SessionEnd::BrokerLost(e.to_string()),
+                    None => break SessionEnd::BrokerLost("the broker cancelled the consumer".into()),
+                },
+            }
+        };
+        self.status.set_consuming(false);
+        if let Err(e) = broker.cancel(&tag).await {
+            tracing::debug!(error = %e, "Consumer already gone.");
+        }
+        drop(deliveries);
+        tracing::info!(in_flight, "Stopped consuming; settling in-flight work.");
+        let draining = async {
+            while in_flight > 0 {
+                let Some(finished) = finished.recv().await else {
+                    break;
+                };
+                in_flight -= 1;
+                // A pause seen while draining changes nothing: consumption
+                // has stopped already and the delivery is returned.
+                let _ = settler.settle(finished);
+            }
+            settler.settled().await;
+        };
+        let drained = tokio::time::timeout(settings.shutdown_timeout, draining)
+            .await
+            .is_ok();
+        if !drained {
+            // Stopping a fetcher or the writer mid-transaction would return
+            // its connection to the pool inside the transaction (sqlx 0.9):
+            // the worker only does so on its way out, and the pool is closed
+            // right after.
+            tracing::warn!("In-flight work did not finish in time; it will be redelivered.");
+        }
+        pipeline.stop();
+        match end {
+            SessionEnd::Shutdown { .. } => SessionEnd::Shutdown { drained },
+            other => other,
+        }
+    }
+}

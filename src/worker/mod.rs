@@ -1,0 +1,141 @@
+//! The worker: consumes the work queue and turns each delivery into rows, a
+//! retry or a dead letter, exactly once, through the pipeline.
+//!
+//! Rooms: `supervise` (connect, reconnect with backoff, pause while the PBX
+//! or the database is unavailable, probe until it recovers), `consume` (one
+//! consuming session on one connection: parse each delivery at the edge,
+//! hand message events to the pipeline, drain on the way out) and `settle`
+//! (the one place a delivery is acked, dead-lettered, sent to retry or
+//! returned, as `decide` says). It wires the adapters to the pipeline's
+//! ports; it never decides what a failure means (`decide` does) and never
+//! speaks AMQP, HTTP or SQL itself (`broker`, `pbx`, `store` do).
+
+mod consume;
+mod settle;
+mod supervise;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::broker::{BrokerError, BrokerSettings};
+use crate::event;
+use crate::outcome::OutcomeCounts;
+use crate::pbx::PbxClient;
+use crate::pipeline::PipelineSettings;
+use crate::status::WorkerStatus;
+use crate::store::Store;
+
+/// How the worker treats deliveries and failures.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// The `pbx` column value.
+    pub pbx_id: String,
+    /// Event types that are enriched; other types are skipped.
+    pub handled_types: Vec<i64>,
+    /// How long a shutdown may take to finish in-flight work.
+    pub shutdown_timeout: Duration,
+    /// Durable retries through the retry queue: `attempts` in all (the first
+    /// included), waiting `delay(n)` before attempt `n + 1`.
+    pub retry: Backoff,
+    /// In-process retries of a database write (the PBX is not asked again).
+    pub store_retry: Backoff,
+    /// Coalescing, fetch concurrency and write batching.
+    pub pipeline: PipelineSettings,
+    /// Waits between reconnects to the broker.
+    pub reconnect: Backoff,
+    /// Waits between probes of a database that made the worker pause.
+    pub database_probe: Backoff,
+    /// Waits between probes of a PBX that refused the worker's
+    /// configuration (its logins are spaced further by the token cache).
+    pub pbx_probe: Backoff,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        let unbounded = |initial, max| Backoff {
+            initial,
+            max,
+            attempts: u32::MAX,
+        };
+        Self {
+            pbx_id: "default".into(),
+            handled_types: vec![event::NEW_MESSAGE_EVENT],
+            shutdown_timeout: Duration::from_secs(20),
+            // 5 s doubling to 10 min: 12 attempts span about an hour.
+            retry: Backoff {
+                initial: Duration::from_secs(5),
+                max: Duration::from_secs(600),
+                attempts: 12,
+            },
+            store_retry: Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+                attempts: 5,
+            },
+            pipeline: PipelineSettings {
+                fetchers: 16,
+                batch_max: 200,
+                batch_linger: Duration::from_millis(5),
+                writers: 4,
+            },
+            reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
+            database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
+            pbx_probe: unbounded(Duration::from_secs(30), Duration::from_secs(1800)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the broker refused the worker's topology: {0}")]
+    Topology(BrokerError),
+    #[error("shutdown deadline of {0:?} passed with work in flight; it will be redelivered")]
+    ShutdownDeadline(Duration),
+}
+
+pub struct Worker {
+    broker: BrokerSettings,
+    pbx: Arc<PbxClient>,
+    store: Store,
+    settings: WorkerSettings,
+    counts: Arc<OutcomeCounts>,
+    status: Arc<WorkerStatus>,
+}
+
+impl Worker {
+    pub fn new(
+        broker: BrokerSettings,
+        pbx: Arc<PbxClient>,
+        store: Store,
+        settings: WorkerSettings,
+        counts: Arc<OutcomeCounts>,
+    ) -> Self {
+        Self {
+            broker,
+            pbx,
+            store,
+            settings,
+            counts,
+            status: Arc::new(WorkerStatus::default()),
+        }
+    }
+
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting and pausing as
+    /// needed; then stops consuming, waits up to the shutdown deadline for
+    /// in-flight work, revokes the PBX token and closes the pool. Fails only
+    /// on a topology conflict or a missed shutdown deadline.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let result = self.supervise(&shutdown).await;
+        self.status.set_consuming(false);
+        self.pbx.revoke_token().await;
+        self.store.close().await;
+        result
+    }
+}

@@ -12,8 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use session_enricher::backoff::Backoff;
 
-use crate::helpers::{RunningWorker, TestEnv, WorkerSetup, new_message_event, wait_until};
-use crate::proxy::Proxy;
+use crate::helpers::{Proxy, RunningWorker, TestEnv, WorkerSetup, new_message_event, wait_until};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -39,8 +38,8 @@ async fn chaos_nothing_is_lost() {
     let env = TestEnv::new().await;
     env.sim.set_latency(Duration::from_millis(2));
     env.sim.set_error_rate(0.05);
-    let broker = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let postgres = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let broker = Proxy::broker().await;
+    let postgres = Proxy::postgres().await;
     let setup = || {
         let mut setup: WorkerSetup = env.setup();
         setup.broker.url = env.amqp_url_via(&broker);

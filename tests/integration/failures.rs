@@ -7,8 +7,7 @@ use std::time::Duration;
 use session_enricher::secret::Secret;
 use session_enricher::simulator::Fault;
 
-use crate::helpers::{TestEnv, WorkerSetup, new_message_event, wait_until};
-use crate::proxy::Proxy;
+use crate::helpers::{Proxy, TestEnv, WorkerSetup, new_message_event, wait_until};
 
 #[tokio::test]
 async fn a_transient_failure_past_the_in_process_budget_waits_in_the_retry_queue_then_succeeds() {
@@ -140,7 +139,7 @@ async fn refused_credentials_are_tried_at_most_three_times_spaced_apart() {
 #[tokio::test]
 async fn postgres_unavailable_pauses_consuming_and_resumes_by_itself() {
     let env = TestEnv::new().await;
-    let postgres = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let postgres = Proxy::postgres().await;
     let mut setup = env.setup();
     setup.store.url = env.db_url_via(&postgres);
     let worker = env.spawn(setup);
@@ -181,7 +180,7 @@ async fn postgres_unavailable_pauses_consuming_and_resumes_by_itself() {
 async fn broker_outage(stall: bool) {
     let env = TestEnv::new().await;
     env.sim.set_latency(Duration::from_millis(10));
-    let broker = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let broker = Proxy::broker().await;
     let setup = WorkerSetup {
         broker: session_enricher::broker::BrokerSettings {
             url: env.amqp_url_via(&broker),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use session_enricher::broker::Destination;
 use session_enricher::intake::{IntakeCountsSnapshot, SignaturePolicy};
 
-use crate::helpers::{BrokerProxy, QueuedMessage, RunningIntake, TestEnv, wait_until};
+use crate::helpers::{Proxy, QueuedMessage, RunningIntake, TestEnv, wait_until};
 
 const NEW_MESSAGE: &str =
     r#"{"type":30031,"sn":"3631A0000001","msg":{"session_id":2862,"msg_id":28620,"msg_type":0}}"#;
@@ -378,7 +378,8 @@ async fn an_unreachable_broker_means_503_not_ready_and_nothing_queued() {
 async fn the_intake_starts_without_the_broker_and_reconnects_after_an_outage() {
     let env = TestEnv::new().await;
     env.declare_topology().await;
-    let proxy = BrokerProxy::start(false).await;
+    let proxy = Proxy::broker().await;
+    proxy.cut();
     let mut settings = env.intake_settings();
     settings.publisher.url = proxy.url();
     let intake = RunningIntake::start(settings).await;
@@ -440,13 +441,13 @@ async fn the_intake_starts_without_the_broker_and_reconnects_after_an_outage() {
 async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() {
     let env = TestEnv::new().await;
     env.declare_topology().await;
-    let proxy = BrokerProxy::start(true).await;
+    let proxy = Proxy::broker().await;
     let mut settings = env.intake_settings();
     settings.publisher.url = proxy.url();
     let intake = RunningIntake::start(settings).await;
     intake.wait_ready(200).await;
 
-    proxy.hold_replies(true);
+    proxy.hold_replies();
     let in_flight = {
         let (http, url) = (
             intake.http.clone(),
@@ -475,7 +476,7 @@ async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() 
     .await;
     assert!(!in_flight.is_finished(), "answered before the confirm");
 
-    proxy.hold_replies(false);
+    proxy.restore();
     let status = in_flight.await.unwrap().expect("an answer");
     assert_eq!(status, 200, "the confirmed event is answered 200");
     intake.intake.stopped().await.expect("a clean shutdown");
@@ -490,13 +491,13 @@ async fn a_shutdown_refuses_new_connections_but_answers_the_request_in_flight() 
 async fn a_sender_that_hangs_up_mid_publish_still_gets_its_event_queued_and_counted() {
     let env = TestEnv::new().await;
     env.declare_topology().await;
-    let proxy = BrokerProxy::start(true).await;
+    let proxy = Proxy::broker().await;
     let mut settings = env.intake_settings();
     settings.publisher.url = proxy.url();
     let intake = RunningIntake::start(settings).await;
     intake.wait_ready(200).await;
 
-    proxy.hold_replies(true);
+    proxy.hold_replies();
     let hung_up = intake
         .http
         .post(format!("{}/webhooks/yeastar", intake.base_url))
@@ -506,7 +507,7 @@ async fn a_sender_that_hangs_up_mid_publish_still_gets_its_event_queued_and_coun
         .send()
         .await;
     assert!(hung_up.is_err(), "no answer while the confirm is held back");
-    proxy.hold_replies(false);
+    proxy.restore();
 
     wait_until("the abandoned webhook is counted", || async {
         intake.intake.counts().total() == 1

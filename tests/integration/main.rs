@@ -12,5 +12,4 @@ mod intake;
 mod operations;
 mod pbx_client;
 mod pipeline;
-mod proxy;
 mod reliability;

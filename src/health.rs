@@ -164,7 +164,9 @@ async fn readyz(State(checks): State<ReadinessChecks>) -> Response {
     }
 }
 
-async fn metrics_text() -> Response {
+/// `GET /metrics`: every metric of this process, in the OpenMetrics text
+/// format. The intake serves it too.
+pub(crate) async fn metrics_text() -> Response {
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         metrics::get().encode(),

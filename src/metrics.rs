@@ -116,6 +116,21 @@ label_values! {
     }
 }
 
+label_values! {
+    /// What the intake answered a webhook request (see `intake::IntakeOutcome`).
+    WebhookOutcome {
+        Accepted => "accepted",
+        Unsigned => "unsigned",
+        BadSignature => "bad_signature",
+        TooLarge => "too_large",
+        NotJson => "not_json",
+        NotAnEvent => "not_an_event",
+        NotForwarded => "not_forwarded",
+        Unroutable => "unroutable",
+        Unavailable => "unavailable",
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: EventOutcome,
@@ -148,6 +163,11 @@ struct LagLabels {
     since: LagSince,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WebhookLabels {
+    outcome: WebhookOutcome,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The metrics of this process. Obtain it with `get()`.
@@ -164,6 +184,8 @@ pub struct Metrics {
     db_batch_size: Histogram,
     db_commit_duration: HistogramFamily<DbWriteLabels>,
     broker_reconnects: Counter,
+    webhooks: Family<WebhookLabels, Counter>,
+    intake_broker_ready: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -206,6 +228,8 @@ impl Metrics {
             db_batch_size: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
             db_commit_duration: Family::new_with_constructor(db_latency_buckets),
             broker_reconnects: Counter::default(),
+            webhooks: Family::default(),
+            intake_broker_ready: Gauge::default(),
         };
         // Series with a fixed label set exist from the start, at zero, so
         // `increase()` sees their first event and dashboards show them.
@@ -224,6 +248,9 @@ impl Metrics {
         }
         for &since in LagSince::ALL {
             let _ = metrics.event_lag.get_or_create(&LagLabels { since });
+        }
+        for &outcome in WebhookOutcome::ALL {
+            let _ = metrics.webhooks.get_or_create(&WebhookLabels { outcome });
         }
         metrics.register()
     }
@@ -287,6 +314,16 @@ impl Metrics {
             "enricher_broker_reconnects",
             "Times the RabbitMQ connection or consumer was lost and the worker reconnected",
             self.broker_reconnects.clone(),
+        );
+        r.register(
+            "enricher_webhooks",
+            "Webhook requests answered by ingest, by outcome",
+            self.webhooks.clone(),
+        );
+        r.register(
+            "enricher_intake_broker_ready",
+            "Whether ingest can publish to RabbitMQ now (1) or answers 503 (0)",
+            self.intake_broker_ready.clone(),
         );
         self
     }
@@ -374,6 +411,18 @@ impl Metrics {
     /// Counts a lost broker connection (or consumer) the worker reconnects.
     pub fn broker_connection_lost(&self) {
         self.broker_reconnects.inc();
+    }
+
+    /// Counts a webhook request the intake answered.
+    pub fn webhook_answered(&self, outcome: WebhookOutcome) {
+        self.webhooks
+            .get_or_create(&WebhookLabels { outcome })
+            .inc();
+    }
+
+    /// Records whether the intake can publish now (set on every scrape).
+    pub fn intake_broker_ready(&self, ready: bool) {
+        self.intake_broker_ready.set(i64::from(ready));
     }
 }
 
@@ -482,5 +531,28 @@ mod tests {
             assert_eq!(metrics.pbx_fetches_in_flight.get(), 2);
         }
         assert_eq!(metrics.pbx_fetches_in_flight.get(), 0);
+    }
+
+    #[test]
+    fn the_intake_counts_every_webhook_outcome_and_its_broker_readiness() {
+        let metrics = Metrics::new();
+        metrics.webhook_answered(WebhookOutcome::Accepted);
+        metrics.webhook_answered(WebhookOutcome::Accepted);
+        metrics.webhook_answered(WebhookOutcome::BadSignature);
+        metrics.intake_broker_ready(true);
+        let text = metrics.encode();
+        assert!(text.contains("# TYPE enricher_webhooks counter\n"));
+        assert!(text.contains("# HELP enricher_webhooks Webhook requests"));
+        assert!(text.contains("# HELP enricher_intake_broker_ready Whether"));
+        assert!(text.contains("enricher_webhooks_total{outcome=\"accepted\"} 2\n"));
+        assert!(text.contains("enricher_webhooks_total{outcome=\"bad_signature\"} 1\n"));
+        assert!(text.contains("enricher_webhooks_total{outcome=\"unavailable\"} 0\n"));
+        assert!(text.contains("enricher_intake_broker_ready 1\n"));
+        metrics.intake_broker_ready(false);
+        assert!(
+            metrics
+                .encode()
+                .contains("enricher_intake_broker_ready 0\n")
+        );
     }
 }

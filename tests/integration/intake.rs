@@ -6,11 +6,12 @@
 //! with `helpers::WEBHOOK_SECRET` unless stated.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use session_enricher::broker::Destination;
-use session_enricher::intake::{IntakeCountsSnapshot, SignaturePolicy};
+use session_enricher::intake::{IntakeSettings, SignaturePolicy};
 
 use crate::helpers::{Proxy, QueuedMessage, RunningIntake, TestEnv, wait_until};
 
@@ -43,170 +44,148 @@ fn persistent(body: &str, routing_key: &str) -> QueuedMessage {
     }
 }
 
+/// A webhook (body, `X-Signature`) and what must become of it: the HTTP
+/// status, and the outcome it is counted under, which also says its queue
+/// effect: an `accepted` row is queued, byte for byte and in the order
+/// posted; no other row is queued.
+type Row<'a> = (&'a str, Option<&'a str>, u16, &'static str);
+
+/// What each outcome's JSON answer says.
+const ANSWERS: [(&str, &str); 9] = [
+    ("accepted", "queued"),
+    ("unsigned", "missing X-Signature"),
+    ("bad_signature", "does not match the body"),
+    ("too_large", "body too large"),
+    ("not_json", "body is not JSON"),
+    ("not_an_event", "error"),
+    ("not_forwarded", "not forwarded"),
+    ("unroutable", "try again later"),
+    ("unavailable", "try again later"),
+];
+
+/// Posts every row in order and checks each answer's status and body.
+async fn post_rows(intake: &RunningIntake, rows: &[Row<'_>]) {
+    for &(body, signature, status, outcome) in rows {
+        let answer = intake.post(body, signature).await;
+        let case = format!("{body} signed {signature:?}, expected {status} {outcome}");
+        assert_eq!(answer.status, status, "{case}: {answer:?}");
+        let (_, says) = ANSWERS
+            .iter()
+            .find(|(label, _)| *label == outcome)
+            .unwrap_or_else(|| panic!("{case}: no such outcome"));
+        assert!(answer.body.contains(says), "{case}: {answer:?}");
+    }
+}
+
+/// Checks that the intake counted each row once, under its outcome.
+fn assert_counted(intake: &RunningIntake, rows: &[Row<'_>]) {
+    let counts = intake.intake.counts();
+    for (label, n) in counts.by_label() {
+        let expected = rows.iter().filter(|row| row.3 == label).count() as u64;
+        assert_eq!(n, expected, "{label} in {counts:?}");
+    }
+    assert_eq!(counts.total(), rows.len() as u64, "{counts:?}");
+}
+
+/// The messages the `accepted` rows leave on a queue, in order.
+fn queued(rows: &[Row<'_>], routing_key: &str) -> Vec<QueuedMessage> {
+    rows.iter()
+        .filter(|row| row.3 == "accepted")
+        .map(|row| persistent(row.0, routing_key))
+        .collect()
+}
+
+/// Posts the rows to an intake on the work queue (declared as the worker
+/// does), then checks answers, queue and counts.
+async fn check_rows(env: TestEnv, settings: IntakeSettings, rows: &[Row<'_>]) {
+    env.declare_topology().await;
+    let intake = RunningIntake::start(settings).await;
+    intake.wait_ready(200).await;
+    post_rows(&intake, rows).await;
+    assert_eq!(
+        env.take_messages(&env.queue).await,
+        queued(rows, &env.queue)
+    );
+    assert_counted(&intake, rows);
+    intake.shutdown().await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_signed_event_is_queued_byte_for_byte_persistent_and_answered_200() {
     let env = TestEnv::new().await;
-    env.declare_topology().await;
-    let intake = RunningIntake::start(env.intake_settings()).await;
-    intake.wait_ready(200).await;
-
     let prefixed = format!("sha256={NEW_MESSAGE_SIGNATURE}");
-    for (body, signature) in [
-        (NEW_MESSAGE, NEW_MESSAGE_SIGNATURE),
-        (STRING_MSG, STRING_MSG_SIGNATURE),
-        (NEW_MESSAGE, prefixed.as_str()),
-    ] {
-        let answer = intake.post(body, Some(signature)).await;
-        assert_eq!(answer.status, 200, "{body}: {answer:?}");
-    }
-
-    assert_eq!(
-        env.take_messages(&env.queue).await,
-        vec![
-            persistent(NEW_MESSAGE, &env.queue),
-            persistent(STRING_MSG, &env.queue),
-            persistent(NEW_MESSAGE, &env.queue),
-        ]
-    );
-    assert_eq!(
-        intake.intake.counts(),
-        IntakeCountsSnapshot {
-            accepted: 3,
-            ..Default::default()
-        }
-    );
-    intake.shutdown().await;
-    env.finish().await;
+    let rows: [Row<'_>; 3] = [
+        (NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE), 200, "accepted"),
+        (STRING_MSG, Some(STRING_MSG_SIGNATURE), 200, "accepted"),
+        (NEW_MESSAGE, Some(&prefixed), 200, "accepted"),
+    ];
+    let settings = env.intake_settings();
+    check_rows(env, settings, &rows).await;
 }
 
 #[tokio::test]
 async fn unsigned_tampered_and_wrongly_signed_webhooks_are_401_and_not_queued() {
     let env = TestEnv::new().await;
-    env.declare_topology().await;
-    let intake = RunningIntake::start(env.intake_settings()).await;
-    intake.wait_ready(200).await;
-
     let tampered = NEW_MESSAGE.replace("2862", "2863");
-    let cases: [(&str, Option<&str>); 6] = [
-        (NEW_MESSAGE, None),
-        (NEW_MESSAGE, Some("")),
-        (&tampered, Some(NEW_MESSAGE_SIGNATURE)),
-        (NEW_MESSAGE, Some(NEW_MESSAGE_OTHER_SECRET)),
-        (NEW_MESSAGE, Some(STRING_MSG_SIGNATURE)),
-        (NEW_MESSAGE, Some("not-a-signature")),
+    let rows: [Row<'_>; 7] = [
+        (NEW_MESSAGE, None, 401, "unsigned"),
+        (NEW_MESSAGE, Some(""), 401, "unsigned"),
+        (&tampered, Some(NEW_MESSAGE_SIGNATURE), 401, "bad_signature"),
+        (
+            NEW_MESSAGE,
+            Some(NEW_MESSAGE_OTHER_SECRET),
+            401,
+            "bad_signature",
+        ),
+        (
+            NEW_MESSAGE,
+            Some(STRING_MSG_SIGNATURE),
+            401,
+            "bad_signature",
+        ),
+        (NEW_MESSAGE, Some("not-a-signature"), 401, "bad_signature"),
+        // A signed one afterwards is the only message queued.
+        (SESSION_3, Some(SESSION_3_SIGNATURE), 200, "accepted"),
     ];
-    for (body, signature) in cases {
-        let answer = intake.post(body, signature).await;
-        assert_eq!(
-            answer.status, 401,
-            "{body} signed {signature:?}: {answer:?}"
-        );
-    }
-    // A signed one afterwards is the only message queued.
-    assert_eq!(
-        intake
-            .post(SESSION_3, Some(SESSION_3_SIGNATURE))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        env.take_messages(&env.queue).await,
-        vec![persistent(SESSION_3, &env.queue)]
-    );
-    assert_eq!(
-        intake.intake.counts(),
-        IntakeCountsSnapshot {
-            accepted: 1,
-            unsigned: 2,
-            bad_signature: 4,
-            ..Default::default()
-        }
-    );
-    intake.shutdown().await;
-    env.finish().await;
+    let settings = env.intake_settings();
+    check_rows(env, settings, &rows).await;
 }
 
 #[tokio::test]
 async fn oversized_non_json_and_non_event_bodies_are_refused_and_counted() {
     let env = TestEnv::new().await;
-    env.declare_topology().await;
     let mut settings = env.intake_settings();
     settings.max_body_bytes = 1024;
-    let intake = RunningIntake::start(settings).await;
-    intake.wait_ready(200).await;
-
     let oversized = format!(
         r#"{{"type":30031,"msg":{{"session_id":1,"msg_body":"{}"}}}}"#,
         "x".repeat(2048)
     );
-    let answer = intake.post(oversized, Some(NEW_MESSAGE_SIGNATURE)).await;
-    assert_eq!(answer.status, 413, "{answer:?}");
-    let answer = intake.post(NOT_JSON, Some(NOT_JSON_SIGNATURE)).await;
-    assert_eq!(answer.status, 400, "{answer:?}");
-    for (body, signature) in [
-        (AN_ARRAY, AN_ARRAY_SIGNATURE),
-        (WORD_TYPE, WORD_TYPE_SIGNATURE),
-    ] {
-        let answer = intake.post(body, Some(signature)).await;
-        assert_eq!(answer.status, 400, "{body}: {answer:?}");
-    }
-    assert_eq!(
-        intake
-            .post(SESSION_3, Some(SESSION_3_SIGNATURE))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        env.take_messages(&env.queue).await,
-        vec![persistent(SESSION_3, &env.queue)]
-    );
-    assert_eq!(
-        intake.intake.counts(),
-        IntakeCountsSnapshot {
-            accepted: 1,
-            too_large: 1,
-            not_json: 1,
-            not_an_event: 2,
-            ..Default::default()
-        }
-    );
-    intake.shutdown().await;
-    env.finish().await;
+    let rows: [Row<'_>; 5] = [
+        (&oversized, Some(NEW_MESSAGE_SIGNATURE), 413, "too_large"),
+        (NOT_JSON, Some(NOT_JSON_SIGNATURE), 400, "not_json"),
+        (AN_ARRAY, Some(AN_ARRAY_SIGNATURE), 400, "not_an_event"),
+        (WORD_TYPE, Some(WORD_TYPE_SIGNATURE), 400, "not_an_event"),
+        (SESSION_3, Some(SESSION_3_SIGNATURE), 200, "accepted"),
+    ];
+    check_rows(env, settings, &rows).await;
 }
 
 #[tokio::test]
 async fn a_type_not_forwarded_is_200_and_not_queued_and_an_untyped_one_is_queued() {
     let env = TestEnv::new().await;
-    env.declare_topology().await;
-    let intake = RunningIntake::start(env.intake_settings()).await;
-    intake.wait_ready(200).await;
-
-    let answer = intake
-        .post(READ_RECEIPT, Some(READ_RECEIPT_SIGNATURE))
-        .await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert!(answer.body.contains("not forwarded"), "{answer:?}");
-    // The worker accepts an envelope without `type`, so it is forwarded.
-    assert_eq!(
-        intake.post(UNTYPED, Some(UNTYPED_SIGNATURE)).await.status,
-        200
-    );
-    assert_eq!(
-        env.take_messages(&env.queue).await,
-        vec![persistent(UNTYPED, &env.queue)]
-    );
-    assert_eq!(
-        intake.intake.counts(),
-        IntakeCountsSnapshot {
-            accepted: 1,
-            not_forwarded: 1,
-            ..Default::default()
-        }
-    );
-    intake.shutdown().await;
-    env.finish().await;
+    let rows: [Row<'_>; 2] = [
+        (
+            READ_RECEIPT,
+            Some(READ_RECEIPT_SIGNATURE),
+            200,
+            "not_forwarded",
+        ),
+        // The worker accepts an envelope without `type`, so it is forwarded.
+        (UNTYPED, Some(UNTYPED_SIGNATURE), 200, "accepted"),
+    ];
+    let settings = env.intake_settings();
+    check_rows(env, settings, &rows).await;
 }
 
 #[tokio::test]
@@ -221,39 +200,28 @@ async fn on_an_exchange_each_event_type_gets_its_own_routing_key() {
     let intake = RunningIntake::start(settings).await;
     intake.wait_ready(200).await;
 
-    for (body, signature) in [
-        (NEW_MESSAGE, NEW_MESSAGE_SIGNATURE),
-        (READ_RECEIPT, READ_RECEIPT_SIGNATURE),
-    ] {
-        assert_eq!(intake.post(body, Some(signature)).await.status, 200);
-    }
-    // Nothing is bound to `yeastar.untyped`: not queued anywhere, so 503.
-    assert_eq!(
-        intake.post(UNTYPED, Some(UNTYPED_SIGNATURE)).await.status,
-        503
-    );
+    let rows: [Row<'_>; 3] = [
+        (NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE), 200, "accepted"),
+        (READ_RECEIPT, Some(READ_RECEIPT_SIGNATURE), 200, "accepted"),
+        // Nothing is bound to `yeastar.untyped`: not queued anywhere, so 503.
+        (UNTYPED, Some(UNTYPED_SIGNATURE), 503, "unroutable"),
+    ];
+    post_rows(&intake, &rows).await;
 
     assert_eq!(
         env.take_messages(&queues[0]).await,
-        vec![persistent(NEW_MESSAGE, "yeastar.30031")]
+        queued(&rows[..1], "yeastar.30031")
     );
     assert_eq!(
         env.take_messages(&queues[1]).await,
-        vec![persistent(READ_RECEIPT, "yeastar.30038")]
+        queued(&rows[1..2], "yeastar.30038")
     );
     assert_eq!(
         env.queue_len(&env.queue).await,
         0,
         "nothing goes to the work queue"
     );
-    assert_eq!(
-        intake.intake.counts(),
-        IntakeCountsSnapshot {
-            accepted: 2,
-            unroutable: 1,
-            ..Default::default()
-        }
-    );
+    assert_counted(&intake, &rows);
     intake.shutdown().await;
     env.finish().await;
 }
@@ -270,14 +238,9 @@ async fn an_exchange_that_does_not_exist_keeps_the_intake_not_ready() {
         answer.status == 503 && answer.body.contains("AMQP_EXCHANGE")
     })
     .await;
-    assert_eq!(
-        intake
-            .post(NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE))
-            .await
-            .status,
-        503
-    );
-    assert_eq!(intake.intake.counts().unavailable, 1);
+    let rows: [Row<'_>; 1] = [(NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE), 503, "unavailable")];
+    post_rows(&intake, &rows).await;
+    assert_counted(&intake, &rows);
     intake.shutdown().await;
     env.finish().await;
 }
@@ -345,25 +308,25 @@ async fn an_unreachable_broker_means_503_not_ready_and_nothing_queued() {
     settings.publisher.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
     let intake = RunningIntake::start(settings).await;
 
-    for (body, signature) in [
-        (NEW_MESSAGE, NEW_MESSAGE_SIGNATURE),
-        (STRING_MSG, STRING_MSG_SIGNATURE),
-    ] {
-        let answer = intake.post(body, Some(signature)).await;
-        assert_eq!(answer.status, 503, "{answer:?}");
-    }
+    let rows: [Row<'_>; 2] = [
+        (NEW_MESSAGE, Some(NEW_MESSAGE_SIGNATURE), 503, "unavailable"),
+        (STRING_MSG, Some(STRING_MSG_SIGNATURE), 503, "unavailable"),
+    ];
+    post_rows(&intake, &rows).await;
+    assert_counted(&intake, &rows);
     let ready = intake.get("/readyz").await;
     assert_eq!(ready.status, 503, "{ready:?}");
     assert!(ready.body.contains("reason"), "{ready:?}");
     assert_eq!(intake.get("/healthz").await.status, 200);
-    let metrics = intake.get("/metrics").await.body;
+    // The series' values are process-wide, shared by every intake in this
+    // test binary: they are asserted on the `ingest` binary below.
+    let metrics = intake.get("/metrics").await;
+    assert_eq!(metrics.status, 200, "{metrics:?}");
     assert!(
-        metrics.contains("enricher_webhooks_total{outcome=\"unavailable\"} 2\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("enricher_intake_broker_ready 0\n"),
-        "{metrics}"
+        metrics
+            .body
+            .contains("enricher_webhooks_total{outcome=\"unavailable\"} "),
+        "{metrics:?}"
     );
     assert_eq!(
         env.queue_len(&env.queue).await,
@@ -567,82 +530,150 @@ async fn a_signed_webhook_becomes_rows_in_postgres() {
     env.finish().await;
 }
 
+/// `session-enricher ingest --insecure-no-signature` as a child process on a
+/// free port, logging JSON at INFO.
+struct IngestProcess {
+    child: Child,
+    url: String,
+    /// Its log up to "Receiving webhooks.".
+    log: Vec<String>,
+    /// Kept so the child can go on logging.
+    _lines: Receiver<String>,
+    http: reqwest::Client,
+}
+
+impl IngestProcess {
+    fn start(vars: &[(&str, &str)]) -> Self {
+        let mut child = ingest_binary()
+            .arg("--insecure-no-signature")
+            .env("INGEST_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(vars.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the binary logs where it listens");
+            let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            log.push(line);
+            if parsed["message"] == "Receiving webhooks." {
+                break parsed["addr"].as_str().expect("an addr field").to_owned();
+            }
+        };
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            log,
+            _lines: lines,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs an unsigned webhook; the status.
+    async fn post(&self, body: &'static str) -> u16 {
+        let answer = self.http.post(format!("{}/webhooks/yeastar", self.url));
+        let answer = answer.body(body).send().await.expect("an answer");
+        answer.status().as_u16()
+    }
+
+    /// Checks `/metrics` lists each sample (`series value`).
+    async fn assert_metrics(&self, samples: &[&str]) {
+        let answer = self.http.get(format!("{}/metrics", self.url)).send().await;
+        let metrics = answer.expect("an answer").text().await.expect("a body");
+        for sample in samples {
+            assert!(
+                metrics.contains(&format!("{sample}\n")),
+                "{sample} in\n{metrics}"
+            );
+        }
+    }
+
+    /// SIGTERM; it must exit 0 within 30 s.
+    async fn stop(mut self) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(term.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("the binary's status") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        assert_eq!(status.code(), Some(0), "{:#?}", self.log);
+    }
+}
+
 #[tokio::test]
 async fn the_ingest_binary_warns_without_signatures_and_stops_cleanly_on_sigterm() {
     let env = TestEnv::new().await;
     env.declare_topology().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-enricher"))
-        .args(["ingest", "--insecure-no-signature"])
-        .env_remove("YEASTAR_WEBHOOK_SECRET")
-        .env_remove("AMQP_EXCHANGE")
-        .env("INGEST_ADDR", "127.0.0.1:0")
-        .env("AMQP_URL", crate::helpers::amqp_url())
-        .env("AMQP_QUEUE", &env.queue)
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let line = lines_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the binary logs where it listens");
-        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        log.push(line);
-        if parsed["message"] == "Receiving webhooks." {
-            break parsed["addr"].as_str().expect("an addr field").to_owned();
-        }
-    };
+    let amqp_url = crate::helpers::amqp_url();
+    let ingest = IngestProcess::start(&[("AMQP_URL", &amqp_url), ("AMQP_QUEUE", &env.queue)]);
     assert!(
-        log.iter()
+        ingest
+            .log
+            .iter()
             .any(|l| l.contains("WARN") && l.contains("NOT checked")),
-        "{log:#?}"
+        "{:#?}",
+        ingest.log
     );
-    let intake_url = format!("http://{addr}");
-    let http = reqwest::Client::new();
     wait_until("the binary is ready", || async {
-        let ready = http.get(format!("{intake_url}/readyz")).send().await;
+        let ready = ingest
+            .http
+            .get(format!("{}/readyz", ingest.url))
+            .send()
+            .await;
         ready.is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let answer = http
-        .post(format!("{intake_url}/webhooks/yeastar"))
-        .body(NEW_MESSAGE)
-        .send()
-        .await
-        .expect("an answer");
-    assert_eq!(answer.status(), 200);
-
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("the binary's status") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{log:#?}");
+    assert_eq!(ingest.post(NEW_MESSAGE).await, 200);
+    ingest
+        .assert_metrics(&[
+            r#"enricher_webhooks_total{outcome="accepted"} 1"#,
+            "enricher_intake_broker_ready 1",
+        ])
+        .await;
+    ingest.stop().await;
     assert_eq!(
         env.take_messages(&env.queue).await,
         vec![persistent(NEW_MESSAGE, &env.queue)]
     );
     env.finish().await;
+}
+
+#[tokio::test]
+async fn the_ingest_binary_counts_each_503_and_an_unready_broker_in_its_metrics() {
+    // `ingest_binary`'s AMQP_URL: a port nothing listens on.
+    let ingest = IngestProcess::start(&[]);
+    for body in [NEW_MESSAGE, STRING_MSG] {
+        assert_eq!(ingest.post(body).await, 503);
+    }
+    ingest
+        .assert_metrics(&[
+            r#"enricher_webhooks_total{outcome="unavailable"} 2"#,
+            r#"enricher_webhooks_total{outcome="accepted"} 0"#,
+            "enricher_intake_broker_ready 0",
+        ])
+        .await;
+    ingest.stop().await;
 }
 
 /// Environment, extra arguments, and the variable the error must name.

@@ -164,12 +164,16 @@ async fn readyz(State(checks): State<ReadinessChecks>) -> Response {
     }
 }
 
-/// `GET /metrics`: every metric of this process, in the OpenMetrics text
-/// format. The intake serves it too.
-pub(crate) async fn metrics_text() -> Response {
+/// `GET /metrics`: the worker's metrics, in the OpenMetrics text format.
+async fn metrics_text() -> Response {
+    metrics_response(metrics::Process::Worker)
+}
+
+/// One process's metrics as an HTTP answer (the intake serves its own).
+pub(crate) fn metrics_response(process: metrics::Process) -> Response {
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::get().encode(),
+        metrics::get().encode(process),
     )
         .into_response()
 }

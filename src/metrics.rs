@@ -4,7 +4,8 @@
 //! a closed enum below, so a series can never be keyed by a session id or
 //! any other unbounded value.
 //!
-//! The metrics are process-wide (`get()`): one process runs one worker, and
+//! The metrics are process-wide (`get()`): one process runs one worker or
+//! one intake, each exporting only its own series (`Process`), and
 //! instrumentation stays a one-line call wherever the thing happens. Tests
 //! that assert values run the binary, which has a registry of its own.
 //! This module never decides anything; it only counts.
@@ -21,7 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::outcome::Outcome;
 
-/// The `Content-Type` of `encode()`'s output.
+/// The `Content-Type` of `encode`'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Defines a closed set of label values: an enum whose variants encode as
@@ -170,9 +171,21 @@ struct WebhookLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Which process's series to export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    Worker,
+    Intake,
+}
+
 /// The metrics of this process. Obtain it with `get()`.
 pub struct Metrics {
+    /// The worker's series (`run`, `demo`, `bench`, `enrich`).
     registry: Registry,
+    /// The intake's series (`ingest`): kept apart, so neither process
+    /// exports the other's series at zero (an alert on the intake's broker
+    /// readiness must not fire on every worker).
+    intake_registry: Registry,
     events: Family<OutcomeLabels, Counter>,
     events_in_flight: Gauge,
     events_coalesced: Counter,
@@ -217,6 +230,7 @@ impl Metrics {
     fn new() -> Self {
         let metrics = Self {
             registry: Registry::default(),
+            intake_registry: Registry::default(),
             events: Family::default(),
             events_in_flight: Gauge::default(),
             events_coalesced: Counter::default(),
@@ -315,6 +329,7 @@ impl Metrics {
             "Times the RabbitMQ connection or consumer was lost and the worker reconnected",
             self.broker_reconnects.clone(),
         );
+        let r = &mut self.intake_registry;
         r.register(
             "enricher_webhooks",
             "Webhook requests answered by ingest, by outcome",
@@ -328,11 +343,16 @@ impl Metrics {
         self
     }
 
-    /// The metrics in the OpenMetrics text format (`CONTENT_TYPE`).
-    pub fn encode(&self) -> String {
+    /// One process's metrics in the OpenMetrics text format
+    /// (`CONTENT_TYPE`).
+    pub fn encode(&self, process: Process) -> String {
+        let registry = match process {
+            Process::Worker => &self.registry,
+            Process::Intake => &self.intake_registry,
+        };
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
         out
     }
 
@@ -471,7 +491,7 @@ mod tests {
 
     #[test]
     fn every_metric_has_help_and_a_conventional_name() {
-        let text = get().encode();
+        let text = get().encode(Process::Worker);
         for family in [
             "enricher_events",
             "enricher_events_in_flight",
@@ -507,7 +527,7 @@ mod tests {
             PbxResult::Ok,
             Duration::from_millis(3),
         );
-        let text = metrics.encode();
+        let text = metrics.encode(Process::Worker);
         assert!(text.contains(
             "enricher_pbx_requests_total{endpoint=\"get_token\",result=\"configuration\"} 1"
         ));
@@ -540,7 +560,16 @@ mod tests {
         metrics.webhook_answered(WebhookOutcome::Accepted);
         metrics.webhook_answered(WebhookOutcome::BadSignature);
         metrics.intake_broker_ready(true);
-        let text = metrics.encode();
+        let text = metrics.encode(Process::Intake);
+        assert!(
+            !text.contains("enricher_events"),
+            "only the intake's series"
+        );
+        assert!(
+            !metrics
+                .encode(Process::Worker)
+                .contains("enricher_webhooks")
+        );
         assert!(text.contains("# TYPE enricher_webhooks counter\n"));
         assert!(text.contains("# HELP enricher_webhooks Webhook requests"));
         assert!(text.contains("# HELP enricher_intake_broker_ready Whether"));
@@ -551,7 +580,7 @@ mod tests {
         metrics.intake_broker_ready(false);
         assert!(
             metrics
-                .encode()
+                .encode(Process::Intake)
                 .contains("enricher_intake_broker_ready 0\n")
         );
     }

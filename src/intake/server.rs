@@ -211,5 +211,5 @@ async fn readiness(State(ctx): State<Arc<Context>>) -> Response {
 /// The process's metrics, with the broker's readiness read at scrape time.
 async fn metrics_text(State(ctx): State<Arc<Context>>) -> Response {
     metrics::get().intake_broker_ready(ctx.publisher.state() == PublisherState::Ready);
-    health::metrics_text().await
+    health::metrics_response(metrics::Process::Intake)
 }

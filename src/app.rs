@@ -24,18 +24,21 @@ use crate::store::{Store, StoreSettings, StoreSink};
 use crate::worker::{Worker, WorkerSettings};
 use crate::{demo, report};
 
+/// The worker (`run`), configured.
+pub struct RunPlan {
+    pub store: StoreSettings,
+    pub broker: BrokerSettings,
+    pub pbx: PbxSettings,
+    pub worker: WorkerSettings,
+    pub http_addr: SocketAddr,
+    pub migrate: bool,
+}
+
 /// A command with its configuration validated; nothing connected yet.
 // One value per process: the size difference between variants is moot.
 #[allow(clippy::large_enum_variant)]
 pub enum Plan {
-    Run {
-        store: StoreSettings,
-        broker: BrokerSettings,
-        pbx: PbxSettings,
-        worker: WorkerSettings,
-        http_addr: SocketAddr,
-        migrate: bool,
-    },
+    Run(RunPlan),
     Migrate {
         store: StoreSettings,
     },
@@ -68,7 +71,7 @@ impl Plan {
     /// Validates the command's configuration without opening a connection.
     pub fn from_command(command: Command) -> Result<Self, ConfigError> {
         Ok(match command {
-            Command::Run(args) => Plan::Run {
+            Command::Run(args) => Plan::Run(RunPlan {
                 store: args.store.settings()?,
                 broker: args.broker.settings()?,
                 pbx: args.pbx.settings()?,
@@ -78,7 +81,7 @@ impl Plan {
                 )?,
                 http_addr: args.http.http_addr,
                 migrate: !args.no_migrate,
-            },
+            }),
             Command::Migrate(store) => Plan::Migrate {
                 store: store.settings()?,
             },
@@ -139,14 +142,7 @@ impl Plan {
     /// Runs the command until it ends or `shutdown` is cancelled.
     pub async fn execute(self, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
         match self {
-            Plan::Run {
-                store,
-                broker,
-                pbx,
-                worker,
-                http_addr,
-                migrate,
-            } => run(store, broker, pbx, worker, http_addr, migrate, shutdown).await,
+            Plan::Run(plan) => run(plan, shutdown).await,
             Plan::Migrate { store } => {
                 let store = Store::open(&store, true)
                     .await
@@ -203,15 +199,15 @@ impl Plan {
 /// then the database, a PBX login (so refused credentials show in `/readyz`
 /// and the log before the first event), the broker, and the consume loop
 /// until `shutdown`.
-async fn run(
-    store: StoreSettings,
-    broker: BrokerSettings,
-    pbx: PbxSettings,
-    worker: WorkerSettings,
-    http_addr: SocketAddr,
-    migrate: bool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
+async fn run(plan: RunPlan, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let RunPlan {
+        store,
+        broker,
+        pbx,
+        worker,
+        http_addr,
+        migrate,
+    } = plan;
     let store = Store::connect_lazy(&store).context("DATABASE_URL")?;
     let pbx = Arc::new(PbxClient::new(pbx).context("setting up the PBX client")?);
     let worker = Worker::new(

@@ -147,13 +147,12 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<ExitCode> {
         concurrency: settings.pbx_concurrency,
     };
 
+    // The worker as benchmarked: its PBX concurrency and batch size.
+    let tuned =
+        |name, linger| worker_settings(name, settings.pbx_concurrency, settings.batch_max, linger);
+
     // 2. worker: the burst load, preloaded.
-    let fast = worker_settings(
-        "bench",
-        settings.pbx_concurrency,
-        settings.batch_max,
-        Duration::from_millis(5),
-    );
+    let fast = tuned("bench", Duration::from_millis(5));
     let worker = phase
         .drain(
             broker("worker", settings.prefetch),
@@ -181,12 +180,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<ExitCode> {
     println!("  naive done: {:.1} events/s", naive.rate());
 
     // 4. latency: a steady rate of distinct sessions.
-    let latency_settings = worker_settings(
-        "bench-latency",
-        settings.pbx_concurrency,
-        settings.batch_max,
-        Duration::from_millis(1),
-    );
+    let latency_settings = tuned("bench-latency", Duration::from_millis(1));
     let lag = phase
         .latency(
             broker("latency", settings.prefetch),

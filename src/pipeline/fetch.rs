@@ -36,32 +36,27 @@ pub(super) async fn fetcher<T: Send + 'static, S: SessionSource>(
             // The follow-up for events that arrived during the fetch.
             let _ = shared.jobs.send(id);
         }
-        let answer = match result.map(|answers| answers.into_iter().find(|(of, _)| *of == id)) {
-            Ok(Some((_, Ok(answer)))) => answer,
-            Ok(Some((_, Err(error)))) => {
-                shared.finish(
-                    covered,
-                    &Processed::FetchFailed {
-                        session_id: id,
-                        error,
-                    },
-                );
-                continue;
-            }
-            Ok(None) => {
-                let error = FetchError::Transient(format!("no answer for session {id}"));
-                shared.finish(
-                    covered,
-                    &Processed::FetchFailed {
-                        session_id: id,
-                        error,
-                    },
-                );
-                continue;
-            }
+        let answer = match result {
+            Ok(answers) => answers.into_iter().find(|(of, _)| *of == id).map_or_else(
+                || Err(FetchError::Transient(format!("no answer for session {id}"))),
+                |(_, answer)| answer,
+            ),
             Err(panic) => {
                 let panic = panic_message(&*panic);
                 shared.finish(covered, &Processed::Crashed { panic });
+                continue;
+            }
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                shared.finish(
+                    covered,
+                    &Processed::FetchFailed {
+                        session_id: id,
+                        error,
+                    },
+                );
                 continue;
             }
         };

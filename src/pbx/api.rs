@@ -1,12 +1,16 @@
 //! The raw Yeastar OpenAPI calls over HTTP: one function per endpoint, each
-//! turning the answer into a value or a `PbxError` by its `errcode` (and the
-//! HTTP status where the body says nothing). No retries, no token caching.
+//! turning the answer into a value or a failure by its `errcode` (through
+//! the errcode table in `error`) and the HTTP status where the body says
+//! nothing. No retries, no token caching, and never a URL in an error (it
+//! carries the access token).
 
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::PbxError;
+use super::error::{CallError, HttpError, Reason};
 use super::observe::observed;
 use crate::metrics::PbxEndpoint;
 use crate::secret::Secret;
@@ -20,20 +24,6 @@ pub(crate) struct TokenPair {
     pub access_expires_at: Instant,
     pub refresh: Secret,
     pub refresh_expires_at: Instant,
-}
-
-/// A failed `message_session/get`: the token was refused, or anything else.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// errcode 10004: the token expired or is unknown; renew and retry once.
-    TokenExpired,
-    Failed(PbxError),
-}
-
-impl From<PbxError> for CallError {
-    fn from(e: PbxError) -> Self {
-        CallError::Failed(e)
-    }
 }
 
 /// Where and how to reach one PBX's API.
@@ -51,7 +41,7 @@ impl Api {
             .timeout(timeout)
             .build()
             .map_err(|e| PbxError::Configuration {
-                reason: e.to_string(),
+                reason: Reason::Http(HttpError::new(e)),
                 action: "the HTTP client could not be built",
             })?;
         let root = format!(
@@ -71,7 +61,7 @@ impl Api {
             .http
             .post(self.url("get_token"))
             .json(&json!({"username": client_id, "password": secret.expose()}));
-        token_pair(&observed(PbxEndpoint::GetToken, send(request)).await?)
+        token_pair(&call(PbxEndpoint::GetToken, request).await?)
     }
 
     pub async fn refresh_token(&self, refresh: &Secret) -> Result<TokenPair, PbxError> {
@@ -79,7 +69,7 @@ impl Api {
             .http
             .post(self.url("refresh_token"))
             .json(&json!({"refresh_token": refresh.expose()}));
-        token_pair(&observed(PbxEndpoint::RefreshToken, send(request)).await?)
+        token_pair(&call(PbxEndpoint::RefreshToken, request).await?)
     }
 
     pub async fn del_token(&self, access: &Secret) -> Result<(), PbxError> {
@@ -87,10 +77,8 @@ impl Api {
             .http
             .get(self.url("del_token"))
             .query(&[("access_token", access.expose())]);
-        observed(PbxEndpoint::DelToken, send(request))
-            .await
-            .map(drop)
-            .map_err(PbxError::from)
+        call(PbxEndpoint::DelToken, request).await?;
+        Ok(())
     }
 
     /// `message_session/get`: the `list` object of a successful answer.
@@ -103,79 +91,58 @@ impl Api {
             .http
             .get(self.url("message_session/get"))
             .query(&[("access_token", access.expose()), ("id", &id.to_string())]);
-        match observed(PbxEndpoint::MessageSessionGet, send(request)).await {
-            Ok(mut answer) => match answer.get_mut("list").map(Value::take) {
-                Some(list @ Value::Object(_)) => Ok(list),
-                _ => Err(PbxError::Rejected("answer has no Session_Info in `list`".into()).into()),
-            },
-            Err(Refusal::Errcode(10004, _)) => Err(CallError::TokenExpired),
-            Err(Refusal::Errcode(60001 | 40002, _)) => Err(PbxError::NotFound.into()),
-            Err(refusal) => Err(PbxError::from(refusal).into()),
+        let mut answer = call(PbxEndpoint::MessageSessionGet, request).await?;
+        match answer.get_mut("list").map(Value::take) {
+            Some(list @ Value::Object(_)) => Ok(list),
+            _ => Err(PbxError::Rejected("answer has no Session_Info in `list`".into()).into()),
         }
     }
 }
 
-/// An answer that is not a success.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    /// A JSON answer with a non-zero errcode.
-    Errcode(i64, String),
-    /// No usable answer (transport, status, not JSON).
-    Other(PbxError),
+/// Sends a request, records it, and returns the JSON answer if its errcode
+/// is 0. The errcode decides; the HTTP status only where the body carries
+/// none.
+async fn call(endpoint: PbxEndpoint, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+    observed(endpoint, send(endpoint, request)).await
 }
 
-impl From<Refusal> for PbxError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Errcode(code, msg) => PbxError::from_errcode(code, &msg),
-            Refusal::Other(e) => e,
-        }
-    }
-}
-
-impl From<Refusal> for CallError {
-    fn from(r: Refusal) -> Self {
-        CallError::Failed(r.into())
-    }
-}
-
-/// Sends a request and returns the JSON answer if its errcode is 0. The
-/// errcode decides; the HTTP status only where the body carries none.
-async fn send(request: reqwest::RequestBuilder) -> Result<Value, Refusal> {
-    // Errors are stripped of their URL: it carries the access token.
-    let transient =
-        |e: reqwest::Error| Refusal::Other(PbxError::Transient(e.without_url().to_string()));
-    let response = request.send().await.map_err(transient)?;
+async fn send(endpoint: PbxEndpoint, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+    let unanswered = |e| CallError::from(PbxError::Transient(Reason::Http(HttpError::new(e))));
+    let response = request.send().await.map_err(unanswered)?;
     let status = response.status();
-    if status.is_server_error() || status.as_u16() == 429 {
-        return Err(Refusal::Other(PbxError::Transient(format!(
-            "HTTP {status}"
-        ))));
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(PbxError::Transient(Reason::Status(status.as_u16())).into());
     }
-    let bytes = response.bytes().await.map_err(transient)?;
+    let bytes = response.bytes().await.map_err(unanswered)?;
     let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-        return Err(Refusal::Other(if status.is_success() {
-            PbxError::Transient(format!("HTTP {status} with a body that is not JSON"))
+        return Err(if status.is_success() {
+            PbxError::Transient(Reason::NotTheApi {
+                status: status.as_u16(),
+                what: "with a body that is not JSON",
+            })
         } else {
             PbxError::Configuration {
-                reason: format!("HTTP {status}"),
+                reason: Reason::Status(status.as_u16()),
                 action: "the PBX answered outside its API; check YEASTAR_BASE_URL and YEASTAR_API_PATH",
             }
-        }));
+        }
+        .into());
     };
     match answer.get("errcode").and_then(integer) {
         Some(0) => Ok(answer),
-        Some(code) => {
-            let msg = answer
-                .get("errmsg")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            Err(Refusal::Errcode(code, msg))
+        Some(errcode) => {
+            let errmsg = answer.get("errmsg").and_then(Value::as_str).unwrap_or("");
+            Err(CallError::from_errcode(
+                endpoint,
+                errcode,
+                errmsg.to_owned(),
+            ))
         }
-        None => Err(Refusal::Other(PbxError::Rejected(format!(
-            "HTTP {status} answer without an errcode"
-        )))),
+        None => Err(PbxError::Rejected(Reason::NotTheApi {
+            status: status.as_u16(),
+            what: "answer without an errcode",
+        })
+        .into()),
     }
 }
 
@@ -187,7 +154,7 @@ fn token_pair(answer: &Value) -> Result<TokenPair, PbxError> {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(Secret::new)
-            .ok_or_else(|| PbxError::Transient(format!("token answer without `{key}`")))
+            .ok_or_else(|| PbxError::Transient(format!("token answer without `{key}`").into()))
     };
     let lifetime = |key: &str, default: u64| {
         let secs = answer
@@ -204,4 +171,38 @@ fn token_pair(answer: &Value) -> Result<TokenPair, PbxError> {
         refresh: secret("refresh_token")?,
         refresh_expires_at: lifetime("refresh_token_expire_time", 86_400),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unanswered_call_keeps_its_cause_and_never_shows_the_token() {
+        // Nothing listens on port 1: the connection is refused at once.
+        let api = Api::new("http://127.0.0.1:1", "openapi/v1.0", Duration::from_secs(2)).unwrap();
+        let id = SessionId::new(2862).unwrap();
+        let error = PbxError::from(
+            api.message_session(&Secret::new("token-5e1f"), id)
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            matches!(error, PbxError::Transient(Reason::Http(_))),
+            "{error:?}"
+        );
+        let chain = format!("{:#}", anyhow::Error::from(error.clone()));
+        let printed = format!("{error} {error:?} {chain}");
+        assert!(!printed.contains("token-5e1f"), "{printed}");
+        assert!(
+            error.source().is_some(),
+            "the HTTP client's error is the source"
+        );
+        assert!(
+            !chain.contains("error sending request: error sending request"),
+            "{chain}"
+        );
+    }
 }

@@ -16,13 +16,14 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Semaphore;
 
-pub use error::PbxError;
+pub use error::{HttpError, PbxError, Reason};
 pub use status::{PbxAccess, PbxStatus};
 
 use crate::backoff::Backoff;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
-use api::{Api, CallError};
+use api::Api;
+use error::CallError;
 use token::TokenCache;
 
 /// How to reach and treat one PBX.
@@ -97,32 +98,28 @@ impl PbxClient {
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
         let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self.tokens.access_token(&self.api).await?;
-        let answer = match self.api.message_session(&token, id).await {
-            Err(CallError::TokenExpired) => {
+        let list = match self.api.message_session(&token, id).await {
+            Err(CallError::TokenExpired(_)) => {
                 self.tokens.invalidate(&token).await;
                 let token = self.tokens.access_token(&self.api).await?;
-                match self.api.message_session(&token, id).await {
-                    Err(CallError::TokenExpired) => {
-                        return Err(PbxError::Transient(
-                            "a fresh token was refused with 10004".into(),
-                        ));
-                    }
-                    other => other,
-                }
+                self.api
+                    .message_session(&token, id)
+                    .await
+                    .map_err(|e| match e {
+                        // A fresh token refused as well: the PBX may be
+                        // restarting; ask again later.
+                        CallError::TokenExpired(reason) => PbxError::Transient(reason),
+                        CallError::Failed(e) => e,
+                    })?
             }
-            other => other,
+            answer => answer?,
         };
         let fetched_at = Utc::now();
-        let list = answer.map_err(|e| match e {
-            CallError::Failed(e) => e,
-            CallError::TokenExpired => PbxError::Transient("token expired".into()),
-        })?;
-        let info = SessionInfo::decode(list).map_err(|e| PbxError::Rejected(e.to_string()))?;
+        let info = SessionInfo::decode(list).map_err(|e| PbxError::Rejected(e.into()))?;
         if info.id != id {
-            return Err(PbxError::Rejected(format!(
-                "asked for session {id}, got session {}",
-                info.id
-            )));
+            return Err(PbxError::Rejected(
+                format!("asked for session {id}, got session {}", info.id).into(),
+            ));
         }
         Ok(FetchedSession { info, fetched_at })
     }

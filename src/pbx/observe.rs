@@ -1,44 +1,32 @@
 //! Metrics of the PBX calls: times each request and counts it by endpoint
-//! and result class (the errcode mapped as `PbxError` maps it). Never
-//! changes an answer.
+//! and by what the errcode table (`error::CallError`) made of it. Never
+//! changes an answer, and never reads an errcode itself.
 
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::PbxError;
-use super::api::Refusal;
+use super::error::CallError;
 use crate::metrics::{self, PbxEndpoint, PbxResult};
 
 /// Awaits one request and records it.
-pub(super) async fn observed(
+pub(super) async fn observed<T>(
     endpoint: PbxEndpoint,
-    request: impl Future<Output = Result<Value, Refusal>>,
-) -> Result<Value, Refusal> {
+    request: impl Future<Output = Result<T, CallError>>,
+) -> Result<T, CallError> {
     let started = Instant::now();
     let answer = request.await;
-    metrics::get().pbx_request(endpoint, result_class(endpoint, &answer), started.elapsed());
+    metrics::get().pbx_request(endpoint, result_class(&answer), started.elapsed());
     answer
 }
 
-fn result_class(endpoint: PbxEndpoint, answer: &Result<Value, Refusal>) -> PbxResult {
+fn result_class<T>(answer: &Result<T, CallError>) -> PbxResult {
     match answer {
         Ok(_) => PbxResult::Ok,
-        Err(Refusal::Errcode(10004, _)) => PbxResult::TokenExpired,
-        Err(Refusal::Errcode(60001 | 40002, _)) if endpoint == PbxEndpoint::MessageSessionGet => {
-            PbxResult::NotFound
-        }
-        Err(Refusal::Errcode(code, msg)) => error_class(&PbxError::from_errcode(*code, msg)),
-        Err(Refusal::Other(e)) => error_class(e),
-    }
-}
-
-fn error_class(error: &PbxError) -> PbxResult {
-    match error {
-        PbxError::Transient(_) => PbxResult::Transient,
-        PbxError::NotFound => PbxResult::NotFound,
-        PbxError::Rejected(_) => PbxResult::Rejected,
-        PbxError::Configuration { .. } => PbxResult::Configuration,
+        Err(CallError::TokenExpired(_)) => PbxResult::TokenExpired,
+        Err(CallError::Failed(PbxError::Transient(_))) => PbxResult::Transient,
+        Err(CallError::Failed(PbxError::NotFound)) => PbxResult::NotFound,
+        Err(CallError::Failed(PbxError::Rejected(_))) => PbxResult::Rejected,
+        Err(CallError::Failed(PbxError::Configuration { .. })) => PbxResult::Configuration,
     }
 }
 
@@ -47,7 +35,7 @@ mod tests {
     use super::*;
 
     fn class(endpoint: PbxEndpoint, code: i64) -> PbxResult {
-        result_class(endpoint, &Err(Refusal::Errcode(code, "X".into())))
+        result_class::<()>(&Err(CallError::from_errcode(endpoint, code, "X".into())))
     }
 
     #[test]
@@ -59,5 +47,6 @@ mod tests {
         assert_eq!(class(MessageSessionGet, 40001), PbxResult::Rejected);
         assert_eq!(class(GetToken, -1), PbxResult::Configuration);
         assert_eq!(class(GetToken, 40002), PbxResult::Rejected);
+        assert_eq!(class(DelToken, 10004), PbxResult::TokenExpired);
     }
 }

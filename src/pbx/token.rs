@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
-use super::PbxError;
-use super::PbxStatus;
 use super::api::{Api, TokenPair};
+use super::error::{CREDENTIALS_REFUSED, IP_BLOCKED};
+use super::{PbxError, PbxStatus};
 use crate::secret::Secret;
 
 /// Refused logins in a row after which this process stops trying: the PBX
@@ -143,14 +143,10 @@ impl TokenCache {
                     .saturating_mul(2u32.saturating_pow(state.refused_logins - 1))
                     .min(Duration::from_secs(3600));
                 state.next_login_at = Some(Instant::now() + wait);
-                let reason = match &refused {
-                    PbxError::Configuration { reason, .. } => reason.as_str(),
-                    _ => "",
-                };
                 // Bad credentials count towards the PBX's IP block (5 in a
                 // row); an IP already blocked must not be tried again.
-                let blocked = reason.starts_with("errcode 70004");
-                let credentials = reason.starts_with("errcode -1 ");
+                let blocked = refused.errcode() == Some(IP_BLOCKED);
+                let credentials = refused.errcode() == Some(CREDENTIALS_REFUSED);
                 if blocked || (credentials && state.refused_logins >= MAX_REFUSED_LOGINS) {
                     tracing::error!(error = %refused, refused_logins = state.refused_logins,
                         "PBX login refused; no more logins until this process restarts with working credentials.");

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod decide;
+pub mod defaults;
 pub mod demo;
 pub mod event;
 pub mod health;

@@ -4,7 +4,7 @@
 //! Never connects, and never shows a secret.
 //!
 //! - `mod.rs`: `Cli`, the `Command`s, `ConfigError`.
-//! - `defaults`: every flag's default, once.
+//! - `defaults` (`crate::defaults`, shared with `WorkerSettings::default`): every flag's default, once.
 //! - Argument groups, each validated into its part's settings: `store`
 //!   (`StoreArgs`), `broker` (`AmqpUrlArgs`, `BrokerArgs`), `pbx`
 //!   (`PbxArgs`), `worker` (`WorkerArgs`).
@@ -14,7 +14,7 @@
 
 mod bench;
 mod broker;
-pub mod defaults;
+pub use crate::defaults;
 mod demo;
 mod enrich;
 mod healthcheck;

@@ -27,7 +27,7 @@ impl PbxClient {
 impl From<PbxError> for FetchError {
     fn from(e: PbxError) -> Self {
         match e {
-            PbxError::Transient(why) => FetchError::Transient(why),
+            PbxError::Transient(why) => FetchError::Transient(why.to_string()),
             e @ PbxError::Configuration { .. } => FetchError::Configuration(e.to_string()),
             // `answer` turns NotFound into an answer; should it ever escape,
             // the session is gone and retrying cannot help.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::broker::{BrokerError, BrokerSettings};
-use crate::event;
+use crate::defaults;
 use crate::outcome::OutcomeCounts;
 use crate::pbx::PbxClient;
 use crate::pipeline::PipelineSettings;
@@ -53,6 +53,8 @@ pub struct WorkerSettings {
     pub pbx_probe: Backoff,
 }
 
+/// The flags' defaults (`crate::defaults`), and fixed waits for what has no
+/// flag.
 impl Default for WorkerSettings {
     fn default() -> Self {
         let unbounded = |initial, max| Backoff {
@@ -61,14 +63,13 @@ impl Default for WorkerSettings {
             attempts: u32::MAX,
         };
         Self {
-            pbx_id: "default".into(),
-            handled_types: vec![event::NEW_MESSAGE_EVENT],
-            shutdown_timeout: Duration::from_secs(20),
-            // 5 s doubling to 10 min: 12 attempts span about an hour.
+            pbx_id: defaults::PBX_ID.into(),
+            handled_types: defaults::EVENT_TYPES.to_vec(),
+            shutdown_timeout: Duration::from_secs(defaults::SHUTDOWN_TIMEOUT_SECS),
             retry: Backoff {
-                initial: Duration::from_secs(5),
-                max: Duration::from_secs(600),
-                attempts: 12,
+                initial: Duration::from_millis(defaults::RETRY_DELAY_MS),
+                max: Duration::from_millis(defaults::RETRY_MAX_DELAY_MS),
+                attempts: defaults::RETRY_ATTEMPTS,
             },
             store_retry: Backoff {
                 initial: Duration::from_millis(200),
@@ -76,10 +77,10 @@ impl Default for WorkerSettings {
                 attempts: 5,
             },
             pipeline: PipelineSettings {
-                fetchers: 16,
-                batch_max: 200,
-                batch_linger: Duration::from_millis(5),
-                writers: 4,
+                fetchers: usize::from(defaults::PBX_CONCURRENCY),
+                batch_max: defaults::BATCH_MAX as usize,
+                batch_linger: Duration::from_millis(defaults::BATCH_LINGER_MS),
+                writers: defaults::DB_WRITERS as usize,
             },
             reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
             database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),

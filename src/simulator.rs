@@ -19,6 +19,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::defaults;
 use crate::secret::Secret;
 
 const API_ROOT: &str = "/openapi/v1.0";
@@ -42,12 +43,14 @@ pub struct SimulatorSettings {
 impl Default for SimulatorSettings {
     fn default() -> Self {
         Self {
-            client_id: "simulator".into(),
-            client_secret: Secret::new("simulator-secret"),
+            client_id: defaults::SIMULATOR_CLIENT_ID.into(),
+            client_secret: Secret::new(defaults::SIMULATOR_CLIENT_SECRET),
+            // In-process (tests, demo, bench): no latency unless asked for;
+            // `simulate-pbx` defaults to SIMULATOR_LATENCY_MS.
             latency: Duration::ZERO,
-            token_ttl: Duration::from_secs(1800),
+            token_ttl: Duration::from_secs(defaults::SIMULATOR_TOKEN_TTL),
             refresh_ttl: Duration::from_secs(86_400),
-            error_rate: 0.0,
+            error_rate: defaults::SIMULATOR_ERROR_RATE,
             max_tokens: 8,
         }
     }

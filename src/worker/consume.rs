@@ -19,8 +19,8 @@ use crate::pipeline::{Done, Pipeline};
 use crate::processing::Processed;
 use crate::store::StoreSink;
 
-/// Deliveries handed over at once at most: what has already arrived, taken
-/// without waiting, so a burst rides on one fetch per session.
+/// Deliveries handed over (or settled) in one turn at most: what has already
+/// arrived, taken without waiting, so a burst rides on one fetch per session.
 const ARRIVED_AT_ONCE: usize = 512;
 
 /// Why a consuming session ended.
@@ -75,9 +75,18 @@ impl Worker {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break SessionEnd::Shutdown { drained: true },
-                Some(finished) = finished.recv() => {
-                    in_flight -= 1;
-                    if let Some(pause) = settler.settle(finished) {
+                Some(first) = finished.recv() => {
+                    // Settle whatever else is done already, in one turn.
+                    let mut pause = None;
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some(done) = next {
+                        in_flight -= 1;
+                        taken += 1;
+                        pause = pause.or(settler.settle(done));
+                        next = if taken < ARRIVED_AT_ONCE { finished.try_recv().ok() } else { None };
+                    }
+                    if let Some(pause) = pause {
                         break SessionEnd::Paused(pause);
                     }
                 }

@@ -278,19 +278,18 @@ async fn enrich(
     let mut failed = 0;
     for &id in &ids {
         let written = match pbx.answer(id).await {
-            Ok(answer) => sink.write(std::slice::from_ref(&answer)).await.pop(),
-            Err(e) => {
-                failed += 1;
-                println!("session {id}: FAILED: {e}");
-                continue;
-            }
+            Ok(answer) => match sink.write(std::slice::from_ref(&answer)).await.pop() {
+                Some(written) => written.map_err(|e| e.to_string()),
+                None => Err("the store gave no result".to_owned()),
+            },
+            Err(e) => Err(e.to_string()),
         };
         match written {
-            Some(Ok(BatchResult::Written)) => println!("session {id}: written"),
-            Some(Ok(BatchResult::Stale | BatchResult::Superseded)) | None => {
+            Ok(BatchResult::Written) => println!("session {id}: written"),
+            Ok(BatchResult::Stale | BatchResult::Superseded) => {
                 println!("session {id}: unchanged (a newer answer is stored)");
             }
-            Some(Ok(BatchResult::Missing { marked })) => println!(
+            Ok(BatchResult::Missing { marked }) => println!(
                 "session {id}: not found on the PBX{}",
                 if marked {
                     " (stored row marked missing)"
@@ -298,7 +297,7 @@ async fn enrich(
                     ""
                 }
             ),
-            Some(Err(e)) => {
+            Err(e) => {
                 failed += 1;
                 println!("session {id}: FAILED: {e}");
             }

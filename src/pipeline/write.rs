@@ -50,11 +50,12 @@ pub(super) async fn writer<T: Send + 'static, W: AnswerSink>(
 
 /// Writes one batch and hands its events back by what each answer became.
 async fn write<T, W: AnswerSink>(sink: &W, shared: &Shared<T>, batch: Vec<Fetched<T>>) {
-    let answers: Vec<Answer> = batch.iter().map(|f| f.answer.clone()).collect();
+    let (answers, covered): (Vec<Answer>, Vec<Vec<T>>) =
+        batch.into_iter().map(|f| (f.answer, f.covered)).unzip();
     match AssertUnwindSafe(sink.write(&answers)).catch_unwind().await {
         Ok(results) => {
             let mut results = results.into_iter();
-            for fetched in batch {
+            for tickets in covered {
                 let processed = match results.next() {
                     Some(Ok(result)) => Processed::Committed(result),
                     Some(Err(error)) => Processed::WriteFailed(error),
@@ -62,18 +63,15 @@ async fn write<T, W: AnswerSink>(sink: &W, shared: &Shared<T>, batch: Vec<Fetche
                         "the store gave no result for this answer".into(),
                     )),
                 };
-                shared.finish(fetched.covered, &processed);
+                shared.finish(tickets, &processed);
             }
         }
         Err(panic) => {
-            let panic = panic_message(&*panic);
-            for fetched in batch {
-                shared.finish(
-                    fetched.covered,
-                    &Processed::Crashed {
-                        panic: panic.clone(),
-                    },
-                );
+            let crashed = Processed::Crashed {
+                panic: panic_message(&*panic),
+            };
+            for tickets in covered {
+                shared.finish(tickets, &crashed);
             }
         }
     }

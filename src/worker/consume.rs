@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
@@ -134,7 +135,13 @@ impl Worker {
         }
         drop(deliveries);
         tracing::info!(in_flight, "Stopped consuming; settling in-flight work.");
-        let draining = async {
+        // 1. The pipeline hands back every delivery it holds. While
+        // shutting down this has the deadline; otherwise (a pause, a lost
+        // connection) it has none until a shutdown comes: aborting a writer
+        // mid-transaction would return its connection to the pool inside the
+        // transaction (sqlx 0.9), and every fetch and write is bounded by its
+        // own timeouts and retries anyway.
+        let handing_back = async {
             while in_flight > 0 {
                 let Some(finished) = finished.recv().await else {
                     break;
@@ -144,19 +151,38 @@ impl Worker {
                 // has stopped already and the delivery is returned.
                 let _ = settler.settle(finished);
             }
-            settler.settled().await;
         };
-        let drained = tokio::time::timeout(settings.shutdown_timeout, draining)
-            .await
-            .is_ok();
+        let mut handing_back = std::pin::pin!(handing_back);
+        let grace = settings.shutdown_timeout;
+        let mut deadline = Instant::now() + grace;
+        let handed_back = if matches!(end, SessionEnd::Shutdown { .. }) {
+            timeout_at(deadline, &mut handing_back).await.is_ok()
+        } else {
+            tokio::select! {
+                () = &mut handing_back => {
+                    deadline = Instant::now() + grace;
+                    true
+                }
+                () = shutdown.cancelled() => {
+                    deadline = Instant::now() + grace;
+                    timeout_at(deadline, &mut handing_back).await.is_ok()
+                }
+            }
+        };
+        // 2. The settle tasks finish acking and publishing.
+        let drained = handed_back && timeout_at(deadline, settler.settled()).await.is_ok();
         if !drained {
-            // Stopping a fetcher or the writer mid-transaction would return
-            // its connection to the pool inside the transaction (sqlx 0.9):
-            // the worker only does so on its way out, and the pool is closed
-            // right after.
+            // Past the deadline only the settle tasks (acks, publishes) can
+            // still be running, or a shutdown is under way and the pool is
+            // closed right after: no write is cut short otherwise.
             tracing::warn!("In-flight work did not finish in time; it will be redelivered.");
         }
         pipeline.stop();
+        if !handed_back {
+            // A shutdown came while draining after a pause or a lost
+            // connection: the worker stops, with work still in flight.
+            return SessionEnd::Shutdown { drained: false };
+        }
         match end {
             SessionEnd::Shutdown { .. } => SessionEnd::Shutdown { drained },
             other => other,

@@ -1,5 +1,6 @@
 //! `AmqpUrlArgs` (the RabbitMQ connection, for every command that needs
-//! one) and `BrokerArgs` (the worker's queue). Validates; never connects.
+//! one), `QueueArgs` (the work queue and exchange, for the worker and the
+//! intake) and `BrokerArgs` (the worker's consumer). Validates; never connects.
 
 use clap::Args;
 
@@ -20,12 +21,13 @@ pub struct AmqpUrlArgs {
     pub amqp_url: String,
 }
 
+/// Where events travel: the work queue, and optionally an exchange in
+/// front of it. The worker and the intake read the same two variables.
 #[derive(Debug, Args)]
-pub struct BrokerArgs {
-    #[command(flatten)]
-    pub amqp: AmqpUrlArgs,
-    /// Work queue (declared durable if absent); `<AMQP_QUEUE>.dead` holds
-    /// dead letters.
+pub struct QueueArgs {
+    /// Work queue: the worker declares it (durable, `<AMQP_QUEUE>.dead`
+    /// holds dead letters); ingest publishes to it when AMQP_EXCHANGE is
+    /// unset, and is not ready until it exists.
     #[arg(
         long,
         env = "AMQP_QUEUE",
@@ -33,9 +35,31 @@ pub struct BrokerArgs {
         default_value = defaults::AMQP_QUEUE
     )]
     pub amqp_queue: String,
-    /// Optional: bind the work queue to this existing exchange.
+    /// Optional existing exchange: the worker binds the work queue to it;
+    /// ingest publishes to it instead, with routing key `yeastar.<type>`
+    /// (e.g. `yeastar.30031`), so queues bind to the types they want.
     #[arg(long, env = "AMQP_EXCHANGE", value_name = "AMQP_EXCHANGE")]
     pub amqp_exchange: Option<String>,
+}
+
+impl QueueArgs {
+    /// The exchange, if one is set (empty means none).
+    pub fn exchange(&self) -> Result<Option<String>, ConfigError> {
+        match self.amqp_exchange.as_deref().filter(|e| !e.is_empty()) {
+            Some(exchange) if exchange.len() > 255 => {
+                Err(invalid("AMQP_EXCHANGE", "must be at most 255 characters"))
+            }
+            exchange => Ok(exchange.map(str::to_owned)),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub amqp: AmqpUrlArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
     /// Optional: the binding's routing key (default: the queue name).
     #[arg(long, env = "AMQP_ROUTING_KEY", value_name = "AMQP_ROUTING_KEY")]
     pub amqp_routing_key: Option<String>,
@@ -51,9 +75,10 @@ pub struct BrokerArgs {
 
 impl BrokerArgs {
     pub fn settings(&self) -> Result<BrokerSettings, ConfigError> {
-        broker_settings(&self.amqp.amqp_url, &self.amqp_queue, self.prefetch).map(|s| {
+        let exchange = self.queue.exchange()?;
+        broker_settings(&self.amqp.amqp_url, &self.queue.amqp_queue, self.prefetch).map(|s| {
             BrokerSettings {
-                exchange: self.amqp_exchange.clone().filter(|e| !e.is_empty()),
+                exchange,
                 routing_key: self.amqp_routing_key.clone().filter(|k| !k.is_empty()),
                 delivery_limit: self.delivery_limit,
                 ..s
@@ -83,4 +108,28 @@ pub(crate) fn broker_settings(
         prefetch,
         delivery_limit: defaults::DELIVERY_LIMIT,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(exchange: Option<&str>) -> QueueArgs {
+        QueueArgs {
+            amqp_queue: defaults::AMQP_QUEUE.into(),
+            amqp_exchange: exchange.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn an_empty_exchange_is_none_and_an_overlong_one_names_the_variable() {
+        assert_eq!(queue(None).exchange().ok(), Some(None));
+        assert_eq!(queue(Some("")).exchange().ok(), Some(None));
+        assert_eq!(
+            queue(Some("events")).exchange().ok(),
+            Some(Some("events".into()))
+        );
+        let refused = queue(Some(&"x".repeat(256))).exchange().unwrap_err();
+        assert!(refused.to_string().contains("AMQP_EXCHANGE"), "{refused}");
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{AmqpUrlArgs, ConfigError, broker_settings, defaults, invalid};
+use super::{AmqpUrlArgs, ConfigError, QueueArgs, broker_settings, defaults, invalid};
 use crate::backoff::Backoff;
 use crate::broker::{Destination, PublisherSettings};
 use crate::intake::{IntakeSettings, SignaturePolicy};
@@ -62,20 +62,8 @@ pub struct IngestArgs {
     pub event_types: Vec<i64>,
     #[command(flatten)]
     pub amqp: AmqpUrlArgs,
-    /// Work queue the events go to when AMQP_EXCHANGE is unset. The worker
-    /// declares it; ingest is not ready until it exists.
-    #[arg(
-        long,
-        env = "AMQP_QUEUE",
-        value_name = "AMQP_QUEUE",
-        default_value = defaults::AMQP_QUEUE
-    )]
-    pub amqp_queue: String,
-    /// Optional: publish to this existing exchange instead, with routing key
-    /// `yeastar.<type>` (e.g. `yeastar.30031`); bind queues to the types
-    /// they want.
-    #[arg(long, env = "AMQP_EXCHANGE", value_name = "AMQP_EXCHANGE")]
-    pub amqp_exchange: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
 }
 
 /// How long ingest waits for the broker's confirm before answering 503.
@@ -121,12 +109,9 @@ impl IngestArgs {
                 "must list at least one event type",
             ));
         }
-        let queue = broker_settings(&self.amqp.amqp_url, &self.amqp_queue, 1)?.queue;
-        let destination = match self.amqp_exchange.as_deref().filter(|e| !e.is_empty()) {
-            Some(exchange) if exchange.len() > 255 => {
-                return Err(invalid("AMQP_EXCHANGE", "must be at most 255 characters"));
-            }
-            Some(exchange) => Destination::Exchange(exchange.to_owned()),
+        let queue = broker_settings(&self.amqp.amqp_url, &self.queue.amqp_queue, 1)?.queue;
+        let destination = match self.queue.exchange()? {
+            Some(exchange) => Destination::Exchange(exchange),
             None => Destination::Queue(queue),
         };
         Ok(IntakeSettings {

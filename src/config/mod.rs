@@ -29,7 +29,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub use bench::BenchArgs;
 pub(crate) use broker::broker_settings;
-pub use broker::{AmqpUrlArgs, BrokerArgs};
+pub use broker::{AmqpUrlArgs, BrokerArgs, QueueArgs};
 pub use demo::DemoArgs;
 pub use enrich::EnrichArgs;
 pub use healthcheck::HealthcheckArgs;

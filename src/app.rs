@@ -78,6 +78,7 @@ impl Plan {
                 worker: args.worker.settings(
                     &args.pbx.yeastar_pbx_id,
                     usize::from(args.pbx.pbx_concurrency),
+                    usize::from(crate::defaults::QUERY_BATCH),
                 )?,
                 http_addr: args.http.http_addr,
                 migrate: !args.no_migrate,

@@ -138,6 +138,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<ExitCode> {
                 } else {
                     settings.db_writers
                 },
+                ..WorkerSettings::default().pipeline
             },
             ..WorkerSettings::default()
         };

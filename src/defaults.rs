@@ -39,6 +39,11 @@ pub const PBX_TIMEOUT_MS: u64 = 10_000;
 pub const PBX_ATTEMPTS: u32 = 5;
 /// `ENRICHER_PBX_BACKOFF_MS`.
 pub const PBX_BACKOFF_MS: u64 = 200;
+/// `ENRICHER_QUERY_BATCH`: sessions per `message_session/query` call.
+pub const QUERY_BATCH: u16 = 20;
+/// `ENRICHER_QUERY_GATHER_MS`: how long an idle fetcher waits to fill a
+/// batch.
+pub const QUERY_GATHER_MS: u64 = 5;
 
 // The worker.
 

@@ -43,14 +43,25 @@ pub struct WorkerArgs {
     /// Write transactions in flight at once (each a batch).
     #[arg(long, env = "ENRICHER_DB_WRITERS", value_name = "ENRICHER_DB_WRITERS", default_value_t = defaults::DB_WRITERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub db_writers: u32,
+    /// How long an idle fetcher waits for more due sessions to fill a
+    /// `message_session/query` batch, in milliseconds (0: never waits; a
+    /// busy worker fills batches without waiting).
+    #[arg(long, env = "ENRICHER_QUERY_GATHER_MS", value_name = "ENRICHER_QUERY_GATHER_MS", default_value_t = defaults::QUERY_GATHER_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub query_gather_ms: u64,
     /// Longest wait in the retry queue, in milliseconds.
     #[arg(long, env = "ENRICHER_RETRY_MAX_DELAY_MS", value_name = "ENRICHER_RETRY_MAX_DELAY_MS", default_value_t = defaults::RETRY_MAX_DELAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
 }
 
 impl WorkerArgs {
-    /// The worker's settings; `fetchers` is the PBX concurrency cap.
-    pub fn settings(&self, pbx_id: &str, fetchers: usize) -> Result<WorkerSettings, ConfigError> {
+    /// The worker's settings; `fetchers` is the PBX concurrency cap and
+    /// `fetch_batch` the PBX query batch.
+    pub fn settings(
+        &self,
+        pbx_id: &str,
+        fetchers: usize,
+        fetch_batch: usize,
+    ) -> Result<WorkerSettings, ConfigError> {
         if self.event_types.is_empty() {
             return Err(invalid(
                 "ENRICHER_EVENT_TYPES",
@@ -74,6 +85,8 @@ impl WorkerArgs {
             },
             pipeline: PipelineSettings {
                 fetchers,
+                fetch_batch,
+                fetch_gather: Duration::from_millis(self.query_gather_ms),
                 batch_max: self.batch_max as usize,
                 batch_linger: Duration::from_millis(self.batch_linger_ms),
                 writers: self.db_writers as usize,

@@ -1,7 +1,7 @@
 //! The enrichment pipeline: message events in, one `Processed` per event
-//! out. It coalesces events per session (`coalesce`), fetches sessions with a
-//! pool of fetchers, one per PBX call allowed in flight (`fetch`), and writes
-//! the answers in batches (`write`).
+//! out. It coalesces events per session (`coalesce`), fetches sessions in
+//! batches with a pool of fetchers, one per PBX call allowed in flight
+//! (`fetch`), and writes the answers in batches (`write`).
 //!
 //! It owns the coalescing rule: **every event is handed back only after a
 //! fetch that started after the event arrived has been committed** (or has
@@ -35,6 +35,12 @@ use coalesce::Slots;
 pub struct PipelineSettings {
     /// Fetchers, i.e. PBX calls in flight at once.
     pub fetchers: usize,
+    /// Sessions asked for in one fetch at most (the PBX's `query` batch).
+    pub fetch_batch: usize,
+    /// How long a fetch that is not full waits for more sessions to come
+    /// due; only an idle fetcher waits (a busy pipeline fills batches by
+    /// itself).
+    pub fetch_gather: Duration,
     /// Answers per write transaction at most.
     pub batch_max: usize,
     /// How long the first answer of a batch waits for more.
@@ -100,10 +106,15 @@ impl<T: Send + 'static> Pipeline<T> {
         let (to_writer, writer_queue) = mpsc::channel(settings.batch_max.max(1) * 4);
         let job_queue = Arc::new(tokio::sync::Mutex::new(job_queue));
         let mut tasks = JoinSet::new();
+        let batching = fetch::Batching {
+            max: settings.fetch_batch,
+            gather: settings.fetch_gather,
+        };
         for _ in 0..settings.fetchers.max(1) {
             tasks.spawn(fetch::fetcher(
                 Arc::clone(&shared),
                 Arc::clone(&job_queue),
+                batching,
                 Arc::clone(&source),
                 to_writer.clone(),
             ));

@@ -46,6 +46,8 @@ enum Behaviour {
 struct FakeSource {
     latency: Duration,
     calls: AtomicUsize,
+    /// Per call: when it started and how many sessions it asked for.
+    batches: Mutex<Vec<(tokio::time::Instant, usize)>>,
     log: Log,
     scripted: Mutex<HashMap<i64, Behaviour>>,
 }
@@ -53,6 +55,10 @@ struct FakeSource {
 impl SessionSource for FakeSource {
     async fn fetch(&self, ids: &[SessionId]) -> Vec<(SessionId, Result<Answer, FetchError>)> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.batches
+            .lock()
+            .unwrap()
+            .push((tokio::time::Instant::now(), ids.len()));
         for id in ids {
             self.log.push(format!("fetch {id} #{call}"));
         }
@@ -126,8 +132,12 @@ struct Harness {
     log: Log,
 }
 
+/// No gathering window, so fetches start the moment a session is due; the
+/// window has tests of its own.
 const SETTINGS: PipelineSettings = PipelineSettings {
     fetchers: 4,
+    fetch_batch: 20,
+    fetch_gather: Duration::ZERO,
     batch_max: 200,
     batch_linger: Duration::from_millis(5),
     writers: 2,
@@ -138,6 +148,7 @@ fn start(settings: PipelineSettings) -> Harness {
     let source = Arc::new(FakeSource {
         latency: Duration::from_millis(20),
         calls: AtomicUsize::new(0),
+        batches: Mutex::default(),
         log: log.clone(),
         scripted: Mutex::default(),
     });
@@ -179,6 +190,18 @@ impl Harness {
 
     fn calls(&self) -> usize {
         self.source.calls.load(Ordering::SeqCst)
+    }
+
+    /// Sessions asked for per call, in call order.
+    fn batch_sizes(&self) -> Vec<usize> {
+        let batches = self.source.batches.lock().unwrap();
+        batches.iter().map(|&(_, n)| n).collect()
+    }
+
+    /// When each call started.
+    fn call_starts(&self) -> Vec<tokio::time::Instant> {
+        let batches = self.source.batches.lock().unwrap();
+        batches.iter().map(|&(at, _)| at).collect()
     }
 }
 
@@ -230,7 +253,7 @@ async fn events_arriving_before_their_fetch_starts_ride_on_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_costs_one_fetch_per_session_and_is_written_in_batches() {
+async fn a_burst_costs_one_fetch_per_session_batched_and_is_written_in_batches() {
     let mut h = start(SETTINGS);
     let tickets: Vec<&'static str> = (0..500)
         .map(|n| &*Box::leak(format!("e{n}").into_boxed_str()))
@@ -245,7 +268,11 @@ async fn a_burst_costs_one_fetch_per_session_and_is_written_in_batches() {
     let finished = h.finished(500).await;
 
     assert_eq!(finished.len(), 500);
-    assert_eq!(h.calls(), 50, "every burst rode on one fetch");
+    assert_eq!(
+        h.batch_sizes(),
+        vec![20, 20, 10],
+        "every burst rode on one fetch of its session, 20 sessions a call"
+    );
     let batches = h.sink.batches.lock().unwrap().clone();
     assert_eq!(batches.iter().sum::<usize>(), 50);
     assert!(batches.len() < 50, "answers were batched: {batches:?}");
@@ -289,7 +316,11 @@ async fn failures_hand_every_covered_event_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_any_stage_hands_its_events_back_and_the_pipeline_goes_on() {
-    let mut h = start(SETTINGS);
+    // One session per fetch, so only session 1's fetch panics.
+    let mut h = start(PipelineSettings {
+        fetch_batch: 1,
+        ..SETTINGS
+    });
     h.source
         .scripted
         .lock()
@@ -319,4 +350,132 @@ async fn a_panic_in_any_stage_hands_its_events_back_and_the_pipeline_goes_on() {
         finished["after"],
         Processed::Committed(BatchResult::Written)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_a_batched_fetch_hands_back_every_event_of_the_batch() {
+    let mut h = start(SETTINGS);
+    h.source
+        .scripted
+        .lock()
+        .unwrap()
+        .insert(1, Behaviour::Panic);
+    h.pipeline
+        .submit([(id(1), "a"), (id(2), "b"), (id(2), "b2")]);
+
+    let finished = h.finished(3).await;
+
+    let crashed = Processed::Crashed {
+        panic: "the source broke on 1".into(),
+    };
+    assert!(finished.values().all(|p| *p == crashed), "{finished:?}");
+    assert_eq!(h.batch_sizes(), vec![2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_due_while_every_fetcher_is_busy_go_out_in_batches_of_at_most_the_batch_size() {
+    let mut h = start(PipelineSettings {
+        fetchers: 1,
+        ..SETTINGS
+    });
+    h.pipeline.submit([(id(1), "first")]);
+    tokio::time::sleep(Duration::from_millis(5)).await; // the fetcher is busy
+    let tickets: Vec<&'static str> = (0..45)
+        .map(|n| &*Box::leak(format!("e{n}").into_boxed_str()))
+        .collect();
+    h.pipeline.submit(
+        tickets
+            .iter()
+            .enumerate()
+            .map(|(n, &ticket)| (id(2 + n as i64), ticket)),
+    );
+
+    let finished = h.finished(46).await;
+
+    assert!(
+        finished
+            .values()
+            .all(|p| *p == Processed::Committed(BatchResult::Written))
+    );
+    assert_eq!(h.batch_sizes(), vec![1, 20, 20, 5]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_fetcher_waits_the_gathering_window_for_more_sessions() {
+    let mut h = start(PipelineSettings {
+        fetch_gather: Duration::from_millis(5),
+        ..SETTINGS
+    });
+    let submitted = tokio::time::Instant::now();
+    h.pipeline.submit([(id(1), "a")]);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    h.pipeline.submit([(id(2), "b")]);
+
+    h.finished(2).await;
+
+    assert_eq!(h.batch_sizes(), vec![2], "one call for both");
+    assert_eq!(
+        h.call_starts(),
+        vec![submitted + Duration::from_millis(5)],
+        "the call waited the window, no longer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gathering_window_bounds_the_wait_of_a_lone_session() {
+    let mut h = start(PipelineSettings {
+        fetch_gather: Duration::from_millis(5),
+        ..SETTINGS
+    });
+    let submitted = tokio::time::Instant::now();
+    h.pipeline.submit([(id(1), "a")]);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.pipeline.submit([(id(2), "b")]);
+
+    h.finished(2).await;
+
+    assert_eq!(h.batch_sizes(), vec![1, 1]);
+    assert_eq!(
+        h.call_starts(),
+        vec![
+            submitted + Duration::from_millis(5),
+            submitted + Duration::from_millis(15)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_goes_out_without_waiting() {
+    let mut h = start(PipelineSettings {
+        fetch_batch: 3,
+        fetch_gather: Duration::from_secs(1),
+        ..SETTINGS
+    });
+    let submitted = tokio::time::Instant::now();
+    h.pipeline
+        .submit([(id(1), "a"), (id(2), "b"), (id(3), "c")]);
+
+    h.finished(3).await;
+
+    assert_eq!(h.batch_sizes(), vec![3]);
+    assert_eq!(h.call_starts(), vec![submitted]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_in_flight_is_not_asked_for_again_in_the_next_batch() {
+    // Session 1 is in flight when its second event arrives together with
+    // session 2's: the next batch holds only session 2, and session 1's
+    // follow-up goes out after its first answer.
+    let mut h = start(SETTINGS);
+    h.pipeline.submit([(id(1), "a1")]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.log.push("submit a2 b".into());
+    h.pipeline.submit([(id(1), "a2"), (id(2), "b")]);
+
+    h.finished(3).await;
+
+    assert_eq!(h.batch_sizes(), vec![1, 1, 1]);
+    assert!(h.log.position("fetch 2 #2") > h.log.position("submit a2 b"));
+    assert!(h.log.position("fetch 1 #3") > h.log.position("answered 1 #1"));
+    assert!(h.log.position("done a2") > h.log.position("write 1 #3"));
 }

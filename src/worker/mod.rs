@@ -78,6 +78,8 @@ impl Default for WorkerSettings {
             },
             pipeline: PipelineSettings {
                 fetchers: usize::from(defaults::PBX_CONCURRENCY),
+                fetch_batch: usize::from(defaults::QUERY_BATCH),
+                fetch_gather: Duration::from_millis(defaults::QUERY_GATHER_MS),
                 batch_max: defaults::BATCH_MAX as usize,
                 batch_linger: Duration::from_millis(defaults::BATCH_LINGER_MS),
                 writers: defaults::DB_WRITERS as usize,

@@ -68,6 +68,8 @@ impl TestEnv {
             store_retry: quick(3),
             pipeline: session_enricher::pipeline::PipelineSettings {
                 fetchers: 8,
+                fetch_batch: 20,
+                fetch_gather: Duration::from_millis(2),
                 batch_max: 50,
                 batch_linger: Duration::from_millis(2),
                 writers: 2,

@@ -39,6 +39,8 @@ pub const PBX_TIMEOUT_MS: u64 = 10_000;
 pub const PBX_ATTEMPTS: u32 = 5;
 /// `ENRICHER_PBX_BACKOFF_MS`.
 pub const PBX_BACKOFF_MS: u64 = 200;
+/// `ENRICHER_QUERY_BATCH`: session ids per `message_session/query` call.
+pub const QUERY_BATCH: u16 = 20;
 
 // The worker.
 

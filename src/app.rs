@@ -78,7 +78,7 @@ impl Plan {
                 worker: args.worker.settings(
                     &args.pbx.yeastar_pbx_id,
                     usize::from(args.pbx.pbx_concurrency),
-                    usize::from(crate::defaults::QUERY_BATCH),
+                    usize::from(args.pbx.query_batch),
                 )?,
                 http_addr: args.http.http_addr,
                 migrate: !args.no_migrate,

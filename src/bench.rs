@@ -309,6 +309,7 @@ impl Phase<'_> {
                 attempts: 5,
             },
             login_retry_min: Duration::from_secs(60),
+            query_batch: crate::defaults::QUERY_BATCH.into(),
         })?;
         let store = Store::connect_lazy(self.store_settings)?;
         Ok(Worker::new(broker, Arc::new(pbx), store, settings, counts))

@@ -71,6 +71,7 @@ label_values! {
         RefreshToken => "refresh_token",
         DelToken => "del_token",
         MessageSessionGet => "message_session_get",
+        MessageSessionQuery => "message_session_query",
     }
 }
 
@@ -88,6 +89,9 @@ label_values! {
         Rejected => "rejected",
         /// Credentials, permissions, token cap, IP block, wrong API path.
         Configuration => "configuration",
+        /// The firmware lacks this (optional) endpoint: HTTP 404 or errcode
+        /// 10001 on `message_session/query`.
+        Unsupported => "unsupported",
     }
 }
 
@@ -194,6 +198,8 @@ pub struct Metrics {
     pbx_request_duration: HistogramFamily<EndpointLabels>,
     pbx_token_renewals: Family<RenewalLabels, Counter>,
     pbx_fetches_in_flight: Gauge,
+    pbx_query_supported: Gauge,
+    pbx_query_ids: Histogram,
     db_batch_size: Histogram,
     db_commit_duration: HistogramFamily<DbWriteLabels>,
     broker_reconnects: Counter,
@@ -239,6 +245,8 @@ impl Metrics {
             pbx_request_duration: Family::new_with_constructor(pbx_latency_buckets),
             pbx_token_renewals: Family::default(),
             pbx_fetches_in_flight: Gauge::default(),
+            pbx_query_supported: Gauge::default(),
+            pbx_query_ids: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
             db_batch_size: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
             db_commit_duration: Family::new_with_constructor(db_latency_buckets),
             broker_reconnects: Counter::default(),
@@ -310,8 +318,18 @@ impl Metrics {
         );
         r.register(
             "enricher_pbx_fetches_in_flight",
-            "message_session/get calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
+            "message_session/get and /query calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
             self.pbx_fetches_in_flight.clone(),
+        );
+        r.register(
+            "enricher_pbx_query_supported",
+            "Whether the PBX serves message_session/query (1), or answered that it lacks it (0) and each session is fetched with message_session/get",
+            self.pbx_query_supported.clone(),
+        );
+        r.register(
+            "enricher_pbx_query_ids",
+            "Session ids asked for per message_session/query call",
+            self.pbx_query_ids.clone(),
         );
         r.register(
             "enricher_db_batch_size",
@@ -410,11 +428,23 @@ impl Metrics {
         let method = match endpoint {
             PbxEndpoint::GetToken => RenewalMethod::Login,
             PbxEndpoint::RefreshToken => RenewalMethod::Refresh,
-            PbxEndpoint::DelToken | PbxEndpoint::MessageSessionGet => return,
+            PbxEndpoint::DelToken
+            | PbxEndpoint::MessageSessionGet
+            | PbxEndpoint::MessageSessionQuery => return,
         };
         self.pbx_token_renewals
             .get_or_create(&RenewalLabels { method, result })
             .inc();
+    }
+
+    /// Records whether the PBX serves `message_session/query`.
+    pub fn pbx_query_supported(&self, supported: bool) {
+        self.pbx_query_supported.set(i64::from(supported));
+    }
+
+    /// Counts the ids asked for in one `message_session/query` call.
+    pub fn pbx_query_sent(&self, ids: usize) {
+        self.pbx_query_ids.observe(ids as f64);
     }
 
     /// Starts timing a write transaction of `batch` sessions; call
@@ -499,6 +529,8 @@ mod tests {
             "enricher_event_commit_lag_seconds",
             "enricher_pbx_request_duration_seconds",
             "enricher_pbx_fetches_in_flight",
+            "enricher_pbx_query_supported",
+            "enricher_pbx_query_ids",
             "enricher_db_batch_size",
             "enricher_db_commit_duration_seconds",
             "enricher_broker_reconnects",
@@ -539,6 +571,25 @@ mod tests {
         assert!(!text.contains("method=\"message_session_get\""));
         assert!(text.contains(
             "enricher_pbx_request_duration_seconds_count{endpoint=\"message_session_get\"} 1"
+        ));
+    }
+
+    #[test]
+    fn a_pbx_without_query_shows_in_its_gauge_and_its_request_results() {
+        let metrics = Metrics::new();
+        metrics.pbx_query_supported(true);
+        metrics.pbx_query_sent(20);
+        metrics.pbx_request(
+            PbxEndpoint::MessageSessionQuery,
+            PbxResult::Unsupported,
+            Duration::from_millis(3),
+        );
+        metrics.pbx_query_supported(false);
+        let text = metrics.encode(Process::Worker);
+        assert!(text.contains("enricher_pbx_query_supported 0\n"), "{text}");
+        assert!(text.contains("enricher_pbx_query_ids_count 1\n"), "{text}");
+        assert!(text.contains(
+            "enricher_pbx_requests_total{endpoint=\"message_session_query\",result=\"unsupported\"} 1"
         ));
     }
 

@@ -1,8 +1,9 @@
 //! A local stand-in for the Yeastar API (`simulate-pbx`, `demo`, tests and
 //! benchmarks): `get_token`, `refresh_token`, `del_token` and
-//! `message_session/get` as the spec describes them, with deterministic
-//! synthetic sessions, token expiry and the 8-token cap, the IP block after 5
-//! refused logins, latency, and errors injected at random or on command.
+//! `message_session/get` and `message_session/query` as the spec describes
+//! them, with deterministic synthetic sessions, token expiry and the 8-token
+//! cap, the IP block after 5 refused logins, latency, errors injected at
+//! random or on command, and older firmware that lacks `query`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -67,6 +68,18 @@ pub enum Fault {
     Delay(Duration),
 }
 
+/// Whether the firmware serves `message_session/query`, and how older
+/// firmware says it does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueryInterface {
+    #[default]
+    Supported,
+    /// No such route: HTTP 404 from the web server, with an HTML page.
+    Http404,
+    /// The API answers errcode 10001 INTERFACE NOT EXISTED (HTTP 200).
+    InterfaceNotExisted,
+}
+
 /// What the simulator has been asked, for assertions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimulatorStats {
@@ -77,6 +90,10 @@ pub struct SimulatorStats {
     pub revocations: u64,
     /// `message_session/get` calls.
     pub session_requests: u64,
+    /// `message_session/query` calls.
+    pub query_requests: u64,
+    /// Session ids asked for, over `get` (one per call) and `query`.
+    pub ids_requested: u64,
     /// Access tokens valid now.
     pub live_tokens: usize,
 }
@@ -86,8 +103,10 @@ struct SimState {
     access: HashMap<String, Instant>,
     refresh: HashMap<String, (Instant, String)>,
     overrides: HashMap<i64, Option<Value>>,
+    /// Forced answers of the next `get` or `query` calls, one per call.
     session_faults: VecDeque<Fault>,
     login_faults: VecDeque<Fault>,
+    query_interface: QueryInterface,
     refused_in_a_row: u32,
     stats: SimulatorStats,
     /// Every access and refresh token handed out, for tests that check
@@ -126,6 +145,10 @@ impl Simulator {
             .route(
                 &format!("{API_ROOT}/message_session/get"),
                 get(message_session),
+            )
+            .route(
+                &format!("{API_ROOT}/message_session/query"),
+                get(message_sessions),
             )
             // For container healthchecks (`session-enricher healthcheck`).
             .route(
@@ -171,9 +194,15 @@ impl Simulator {
         self.state().overrides.insert(id, None);
     }
 
-    /// Force the answers of the next `message_session/get` requests.
+    /// Force the answers of the next `message_session/get` or `/query`
+    /// requests, one fault per request, in the order they arrive.
     pub fn fail_next_session_requests(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state().session_faults.extend(faults);
+    }
+
+    /// Play a firmware with or without `message_session/query` from now on.
+    pub fn set_query_interface(&self, interface: QueryInterface) {
+        self.state().query_interface = interface;
     }
 
     /// Force the answers of the next `get_token` requests.
@@ -354,6 +383,65 @@ async fn del_token(
     }
 }
 
+/// What `get` and `query` check before they answer, in the real PBX's
+/// order: the forced fault or the configured latency, the User-Agent, the
+/// token, then injected errors. `Ok` with the state to answer from.
+async fn admit<'a>(
+    shared: &'a Shared,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    fault: Option<Fault>,
+) -> Result<MutexGuard<'a, SimState>, Response> {
+    pause(shared, fault.as_ref()).await;
+    if !headers.contains_key(header::USER_AGENT) {
+        return Err(errcode(40002, "PARAMETER ERROR"));
+    }
+    let state = lock(&shared.state);
+    let token_valid = query
+        .get("access_token")
+        .and_then(|t| state.access.get(t))
+        .is_some_and(|expiry| *expiry > Instant::now());
+    if !token_valid {
+        return Err(errcode(10004, "TOKEN EXPIRED"));
+    }
+    if let Some(response) = fault.as_ref().and_then(fault_response) {
+        return Err(response);
+    }
+    let error_rate = lock(&shared.settings).error_rate;
+    if error_rate > 0.0 && rand::rng().random_bool(error_rate.clamp(0.0, 1.0)) {
+        return Err(match rand::rng().random_range(0..3) {
+            0 => errcode(-2, "INTERNAL SERVER ERROR"),
+            1 => errcode(70082, "OVERLOAD_TASK_RUNNING"),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONNECTION, "close")],
+            )
+                .into_response(),
+        });
+    }
+    Ok(state)
+}
+
+/// The Session_Info the PBX holds for `id`, if any.
+fn session_of(state: &SimState, id: i64) -> Option<Value> {
+    match state.overrides.get(&id) {
+        Some(overridden) => overridden.clone(),
+        None => synthetic_session(id),
+    }
+}
+
+fn parse_id(id: &str) -> Option<i64> {
+    id.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+/// errcode 40002 naming the parameter that is missing or invalid.
+fn invalid_parameter(name: &str) -> Response {
+    answer(json!({
+        "errcode": 40002, "errmsg": "PARAMETER ERROR",
+        "invalid_param_list": [{"name": name, "validation": "required, comma-separated ids"}],
+    }))
+}
+
 async fn message_session(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -362,51 +450,81 @@ async fn message_session(
     let fault = {
         let mut state = lock(&shared.state);
         state.stats.session_requests += 1;
+        state.stats.ids_requested += 1;
         state.session_faults.pop_front()
     };
-    pause(&shared, fault.as_ref()).await;
-    if !headers.contains_key(header::USER_AGENT) {
-        return errcode(40002, "PARAMETER ERROR");
-    }
-    let state = lock(&shared.state);
-    let token_valid = query
-        .get("access_token")
-        .and_then(|t| state.access.get(t))
-        .is_some_and(|expiry| *expiry > Instant::now());
-    if !token_valid {
-        return errcode(10004, "TOKEN EXPIRED");
-    }
-    if let Some(response) = fault.as_ref().and_then(fault_response) {
-        return response;
-    }
-    let error_rate = lock(&shared.settings).error_rate;
-    if error_rate > 0.0 && rand::rng().random_bool(error_rate.clamp(0.0, 1.0)) {
-        return match rand::rng().random_range(0..3) {
-            0 => errcode(-2, "INTERNAL SERVER ERROR"),
-            1 => errcode(70082, "OVERLOAD_TASK_RUNNING"),
-            _ => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::CONNECTION, "close")],
-            )
-                .into_response(),
-        };
-    }
-    let Some(id) = query
-        .get("id")
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-    else {
+    let state = match admit(&shared, &headers, &query, fault).await {
+        Ok(state) => state,
+        Err(refused) => return refused,
+    };
+    let Some(id) = query.get("id").and_then(|id| parse_id(id)) else {
         return errcode(40002, "PARAMETER ERROR");
     };
-    let session = match state.overrides.get(&id) {
-        Some(overridden) => overridden.clone(),
-        None => synthetic_session(id),
-    };
+    let session = session_of(&state, id);
     drop(state);
     match session {
         Some(list) => answer(json!({"errcode": 0, "errmsg": "SUCCESS", "list": list})),
         None => errcode(60001, "DATA NOT FOUND"),
     }
+}
+
+/// `message_session/query?ids=1,2,3`: `list` is an array of the sessions
+/// the PBX knows among `ids`, each once, in the order asked; an unknown id
+/// is simply absent.
+async fn message_sessions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let asked = query
+        .get("ids")
+        .map(|ids| ids.split(',').collect::<Vec<_>>());
+    let (fault, interface) = {
+        let mut state = lock(&shared.state);
+        state.stats.query_requests += 1;
+        let asked_ids = asked.iter().flatten().filter(|id| !id.trim().is_empty());
+        state.stats.ids_requested += asked_ids.count() as u64;
+        let interface = state.query_interface;
+        let fault = (interface == QueryInterface::Supported)
+            .then(|| state.session_faults.pop_front())
+            .flatten();
+        (fault, interface)
+    };
+    match interface {
+        QueryInterface::Supported => {}
+        QueryInterface::Http404 => {
+            pause(&shared, None).await;
+            return (
+                StatusCode::NOT_FOUND,
+                [
+                    (header::CONNECTION, "close"),
+                    (header::CONTENT_TYPE, "text/html"),
+                ],
+                "<html><body><h1>404 Not Found</h1></body></html>",
+            )
+                .into_response();
+        }
+        QueryInterface::InterfaceNotExisted => {
+            pause(&shared, None).await;
+            return errcode(10001, "INTERFACE NOT EXISTED");
+        }
+    }
+    let state = match admit(&shared, &headers, &query, fault).await {
+        Ok(state) => state,
+        Err(refused) => return refused,
+    };
+    let Some(ids) = asked.and_then(|ids| ids.into_iter().map(parse_id).collect::<Option<Vec<_>>>())
+    else {
+        return invalid_parameter("ids");
+    };
+    let mut seen = std::collections::HashSet::new();
+    let list: Vec<Value> = ids
+        .into_iter()
+        .filter(|id| seen.insert(*id))
+        .filter_map(|id| session_of(&state, id))
+        .collect();
+    drop(state);
+    answer(json!({"errcode": 0, "errmsg": "SUCCESS", "list": list}))
 }
 
 /// The spec's example: session 2862, a Live Chat session queued for three

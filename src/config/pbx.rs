@@ -56,6 +56,10 @@ pub struct PbxArgs {
     /// to 10 s).
     #[arg(long, env = "ENRICHER_PBX_BACKOFF_MS", value_name = "ENRICHER_PBX_BACKOFF_MS", default_value_t = defaults::PBX_BACKOFF_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub pbx_backoff_ms: u64,
+    /// Session ids asked for per PBX call with `message_session/query`
+    /// (1 to 100); 1 fetches each session with `message_session/get`.
+    #[arg(long, env = "ENRICHER_QUERY_BATCH", value_name = "ENRICHER_QUERY_BATCH", default_value_t = defaults::QUERY_BATCH, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub query_batch: u16,
 }
 
 impl PbxArgs {
@@ -106,6 +110,7 @@ impl PbxArgs {
                 attempts: self.pbx_attempts,
             },
             login_retry_min: Duration::from_secs(60),
+            query_batch: usize::from(self.query_batch),
         })
     }
 }

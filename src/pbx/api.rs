@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::PbxError;
 use super::error::{CallError, HttpError, Reason};
 use super::observe::observed;
+use super::{PbxError, SessionIds};
 use crate::metrics::PbxEndpoint;
 use crate::secret::Secret;
 use crate::session::{SessionId, integer};
@@ -97,6 +97,32 @@ impl Api {
             _ => Err(PbxError::Rejected("answer has no Session_Info in `list`".into()).into()),
         }
     }
+
+    /// `message_session/query`: the Session_Info objects of a successful
+    /// answer's `list`, as many as the PBX knows among `ids` (an unknown id
+    /// is simply absent). Read leniently: no `list`, or `null`, is none; a
+    /// lone object is one.
+    pub async fn message_sessions(
+        &self,
+        access: &Secret,
+        ids: &[SessionId],
+    ) -> Result<Vec<Value>, CallError> {
+        let ids = SessionIds(ids).to_string();
+        let request = self
+            .http
+            .get(self.url("message_session/query"))
+            .query(&[("access_token", access.expose()), ("ids", &ids)]);
+        let mut answer = call(PbxEndpoint::MessageSessionQuery, request).await?;
+        match answer.get_mut("list").map(Value::take) {
+            Some(Value::Array(list)) => Ok(list),
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(one @ Value::Object(_)) => Ok(vec![one]),
+            Some(_) => Err(PbxError::Rejected(
+                "answer's `list` is not a list of Session_Info".into(),
+            )
+            .into()),
+        }
+    }
 }
 
 /// Sends a request, records it, and returns the JSON answer if its errcode
@@ -110,6 +136,9 @@ async fn send(endpoint: PbxEndpoint, request: reqwest::RequestBuilder) -> Result
     let unanswered = |e| CallError::from(PbxError::Transient(Reason::Http(HttpError::new(e))));
     let response = request.send().await.map_err(unanswered)?;
     let status = response.status();
+    if let Some(unsupported) = CallError::from_status(endpoint, status.as_u16()) {
+        return Err(unsupported);
+    }
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(PbxError::Transient(Reason::Status(status.as_u16())).into());
     }

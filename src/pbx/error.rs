@@ -16,6 +16,9 @@ pub(super) const TOKEN_EXPIRED: i64 = 10004;
 pub(super) const CREDENTIALS_REFUSED: i64 = -1;
 /// errcode `ACCOUNT IP BLOCKED`: only an administrator can lift it.
 pub(super) const IP_BLOCKED: i64 = 70004;
+/// errcode `INTERFACE NOT EXISTED`: a wrong path, or firmware without this
+/// endpoint.
+const INTERFACE_NOT_EXISTED: i64 = 10001;
 
 /// A failed PBX call. Each variant says what the worker does about it.
 ///
@@ -139,11 +142,18 @@ impl HttpError {
 }
 
 /// A call that failed before the client handled it: a refused token is the
-/// client's to renew; everything else is already a `PbxError`.
-#[derive(Debug)]
+/// client's to renew, a missing optional endpoint the client's to do
+/// without; everything else is already a `PbxError`.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum CallError {
     /// errcode 10004: renew the token and retry once.
+    #[error("PBX refused the access token: {0}")]
     TokenExpired(Reason),
+    /// The firmware lacks this optional endpoint (`message_session/query`):
+    /// use `message_session/get` instead, for good.
+    #[error("PBX lacks this interface: {0}")]
+    Unsupported(Reason),
+    #[error(transparent)]
     Failed(PbxError),
 }
 
@@ -154,24 +164,40 @@ impl From<PbxError> for CallError {
 }
 
 /// For a caller that does not renew its token, a 10004 is a refusal like
-/// any other.
+/// any other; for one that cannot do without the endpoint, its absence is
+/// the PBX's configuration.
 impl From<CallError> for PbxError {
     fn from(e: CallError) -> Self {
         match e {
             CallError::TokenExpired(reason) => PbxError::Rejected(reason),
+            CallError::Unsupported(reason) => PbxError::Configuration {
+                reason,
+                action: NO_SUCH_INTERFACE,
+            },
             CallError::Failed(e) => e,
         }
     }
 }
 
+/// What an operator does about an endpoint the PBX does not know.
+const NO_SUCH_INTERFACE: &str =
+    "the PBX has no such interface; check YEASTAR_BASE_URL and YEASTAR_API_PATH";
+
 impl CallError {
     /// The errcode table: what a non-zero errcode from `endpoint` means.
+    ///
+    /// For `message_session/query`, "not found" (60001) means none of the
+    /// ids asked for (each is then asked for alone), and 10001 that the
+    /// firmware lacks `query`.
     pub(super) fn from_errcode(endpoint: PbxEndpoint, errcode: i64, errmsg: String) -> Self {
         let reason = Reason::Errcode { errcode, errmsg };
         let configuration = |reason, action| PbxError::Configuration { reason, action };
+        let query = endpoint == PbxEndpoint::MessageSessionQuery;
         CallError::Failed(match errcode {
             TOKEN_EXPIRED => return CallError::TokenExpired(reason),
+            INTERFACE_NOT_EXISTED if query => return CallError::Unsupported(reason),
             60001 | 40002 if endpoint == PbxEndpoint::MessageSessionGet => PbxError::NotFound,
+            60001 if query => PbxError::NotFound,
             -2 | 70082 => PbxError::Transient(reason),
             CREDENTIALS_REFUSED => configuration(
                 reason,
@@ -181,10 +207,7 @@ impl CallError {
                 reason,
                 "the API application lacks permission; grant it in the PBX portal (Integrations > API)",
             ),
-            10001 => configuration(
-                reason,
-                "the PBX has no such interface; check YEASTAR_BASE_URL and YEASTAR_API_PATH",
-            ),
+            INTERFACE_NOT_EXISTED => configuration(reason, NO_SUCH_INTERFACE),
             60002 => configuration(
                 reason,
                 "the application holds 8 access tokens already; revoke some or wait 30 minutes for them to expire",
@@ -199,6 +222,13 @@ impl CallError {
             ),
             _ => PbxError::Rejected(reason),
         })
+    }
+
+    /// What an HTTP status says on its own, before any body is read: only
+    /// that firmware without `message_session/query` answers it 404.
+    pub(super) fn from_status(endpoint: PbxEndpoint, status: u16) -> Option<Self> {
+        (endpoint == PbxEndpoint::MessageSessionQuery && status == 404)
+            .then_some(CallError::Unsupported(Reason::Status(status)))
     }
 }
 
@@ -237,6 +267,50 @@ mod tests {
             PbxError::Rejected(_)
         ));
         assert_eq!(error(PbxEndpoint::GetToken, 40002).errcode(), Some(40002));
+    }
+
+    #[test]
+    fn a_query_the_firmware_lacks_is_unsupported_and_only_the_query() {
+        let unsupported = |e: CallError| matches!(e, CallError::Unsupported(_));
+        let query = PbxEndpoint::MessageSessionQuery;
+        assert!(unsupported(CallError::from_errcode(
+            query,
+            10001,
+            "X".into()
+        )));
+        assert!(unsupported(
+            CallError::from_status(query, 404).expect("404 on query says something")
+        ));
+        // Everywhere else a missing interface is the operator's to fix.
+        assert!(matches!(
+            error(PbxEndpoint::MessageSessionGet, 10001),
+            PbxError::Configuration { .. }
+        ));
+        assert!(CallError::from_status(PbxEndpoint::MessageSessionGet, 404).is_none());
+        assert!(CallError::from_status(query, 503).is_none());
+        // A caller that cannot do without it sees a configuration problem.
+        let lacking = PbxError::from(CallError::from_errcode(query, 10001, "X".into()));
+        assert!(
+            matches!(lacking, PbxError::Configuration { .. }),
+            "{lacking}"
+        );
+    }
+
+    #[test]
+    fn a_query_refused_for_its_parameters_is_rejected_and_60001_means_none_found() {
+        let query = PbxEndpoint::MessageSessionQuery;
+        assert!(matches!(error(query, 40002), PbxError::Rejected(_)));
+        assert!(matches!(error(query, 40001), PbxError::Rejected(_)));
+        assert!(matches!(error(query, 60001), PbxError::NotFound));
+        assert!(matches!(error(query, -2), PbxError::Transient(_)));
+        assert!(matches!(
+            error(query, 10005),
+            PbxError::Configuration { .. }
+        ));
+        assert!(matches!(
+            CallError::from_errcode(query, 10004, "X".into()),
+            CallError::TokenExpired(_)
+        ));
     }
 
     #[test]

@@ -1,25 +1,31 @@
 //! The Yeastar PBX client: the only module that speaks HTTP to the PBX (and
-//! the only importer of `reqwest`). It fetches one session with a cached
-//! token, bounded concurrency and bounded retries of transient failures, and
-//! never logs a secret.
+//! the only importer of `reqwest`). It fetches sessions, one with
+//! `message_session/get` (the exact path) or several with
+//! `message_session/query` (the frugal one, `query`), with a cached token,
+//! bounded concurrency and bounded retries of transient failures, and never
+//! logs a secret.
 
 mod api;
 mod error;
 mod observe;
+mod query;
 mod source;
 mod status;
 mod token;
 
+use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 pub use error::{HttpError, PbxError, Reason};
 pub use status::{PbxAccess, PbxStatus};
 
 use crate::backoff::Backoff;
+use crate::metrics::PbxEndpoint;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::Api;
@@ -43,6 +49,9 @@ pub struct PbxSettings {
     pub retry: Backoff,
     /// The shortest wait after a refused login (doubles per refusal).
     pub login_retry_min: Duration,
+    /// Session ids asked for per `message_session/query` call (the frugal
+    /// path); 1 fetches each session with `message_session/get`.
+    pub query_batch: usize,
 }
 
 pub struct PbxClient {
@@ -52,11 +61,25 @@ pub struct PbxClient {
     status: Arc<PbxStatus>,
     in_flight: Semaphore,
     retry: Backoff,
+    /// Session ids per `message_session/query` call; 1 means `get` only.
+    query_batch: usize,
+    /// Cleared for good once the PBX answers that it lacks `query`.
+    query_supported: AtomicBool,
+    /// Set once a refused `query` has been logged at WARN.
+    query_refusal_warned: AtomicBool,
+}
+
+/// A PBX answer, and when the request that got it was sent (just before,
+/// on the try that succeeded).
+struct Sent<T> {
+    requested_at: DateTime<Utc>,
+    answer: T,
 }
 
 impl PbxClient {
     pub fn new(settings: PbxSettings) -> Result<Self, PbxError> {
         let status = Arc::new(PbxStatus::default());
+        crate::metrics::get().pbx_query_supported(true);
         Ok(Self {
             api: Api::new(
                 &settings.base_url,
@@ -72,25 +95,67 @@ impl PbxClient {
             status,
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             retry: settings.retry,
+            query_batch: settings.query_batch.max(1),
+            query_supported: AtomicBool::new(true),
+            query_refusal_warned: AtomicBool::new(false),
         })
     }
 
-    /// Fetches one session. Transient failures are retried with backoff up to
-    /// the configured attempts; the last one is returned as `Transient`.
+    /// Fetches one session with `message_session/get`. Transient failures
+    /// are retried with backoff up to the configured attempts; the last one
+    /// is returned as `Transient`.
     pub async fn fetch_session(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+        let sent = self
+            .request(PbxEndpoint::MessageSessionGet, &[id], |token| async move {
+                self.api.message_session(&token, id).await
+            })
+            .await?;
+        let fetched_at = Utc::now();
+        tracing::debug!(
+            session_id = id.get(),
+            round_trip_ms = (fetched_at - sent.requested_at).num_milliseconds(),
+            "Session fetched."
+        );
+        let info = SessionInfo::decode(sent.answer).map_err(|e| PbxError::Rejected(e.into()))?;
+        if info.id != id {
+            return Err(PbxError::Rejected(
+                format!("asked for session {id}, got session {}", info.id).into(),
+            ));
+        }
+        Ok(FetchedSession { info, fetched_at })
+    }
+
+    /// Sends one request about `ids` through `send` (given the access
+    /// token), retrying transient failures with backoff. Each try holds a
+    /// permit of the concurrency cap (not while waiting to retry) and the
+    /// cached token; a 10004 renews the token and sends once more at once.
+    async fn request<T, F, Fut>(
+        &self,
+        endpoint: PbxEndpoint,
+        ids: &[SessionId],
+        send: F,
+    ) -> Result<Sent<T>, CallError>
+    where
+        F: Fn(Secret) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
         self.retry
             .retry(
-                || self.fetch_once(id),
-                |e| matches!(e, PbxError::Transient(_)),
+                || self.request_once(&send),
+                |e| matches!(e, CallError::Failed(PbxError::Transient(_))),
                 |e, attempt, wait| {
-                    tracing::warn!(session_id = id.get(), attempt, error = %e, wait_ms = wait.as_millis() as u64,
-                        "PBX call failed; retrying.");
+                    tracing::warn!(endpoint = endpoint.as_str(), session_ids = %SessionIds(ids), attempt, error = %e,
+                        wait_ms = wait.as_millis() as u64, "PBX call failed; retrying.");
                 },
             )
             .await
     }
 
-    async fn fetch_once(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+    async fn request_once<T, F, Fut>(&self, send: &F) -> Result<Sent<T>, CallError>
+    where
+        F: Fn(Secret) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
         let _permit = self
             .in_flight
             .acquire()
@@ -98,30 +163,27 @@ impl PbxClient {
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
         let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self.tokens.access_token(&self.api).await?;
-        let list = match self.api.message_session(&token, id).await {
+        let requested_at = Utc::now();
+        match send(token.clone()).await {
             Err(CallError::TokenExpired(_)) => {
                 self.tokens.invalidate(&token).await;
                 let token = self.tokens.access_token(&self.api).await?;
-                self.api
-                    .message_session(&token, id)
-                    .await
-                    .map_err(|e| match e {
-                        // A fresh token refused as well: the PBX may be
-                        // restarting; ask again later.
-                        CallError::TokenExpired(reason) => PbxError::Transient(reason),
-                        CallError::Failed(e) => e,
-                    })?
+                let requested_at = Utc::now();
+                match send(token).await {
+                    // A fresh token refused as well: the PBX may be
+                    // restarting; ask again later.
+                    Err(CallError::TokenExpired(reason)) => Err(PbxError::Transient(reason).into()),
+                    answer => answer.map(|answer| Sent {
+                        requested_at,
+                        answer,
+                    }),
+                }
             }
-            answer => answer?,
-        };
-        let fetched_at = Utc::now();
-        let info = SessionInfo::decode(list).map_err(|e| PbxError::Rejected(e.into()))?;
-        if info.id != id {
-            return Err(PbxError::Rejected(
-                format!("asked for session {id}, got session {}", info.id).into(),
-            ));
+            answer => answer.map(|answer| Sent {
+                requested_at,
+                answer,
+            }),
         }
-        Ok(FetchedSession { info, fetched_at })
     }
 
     /// Revokes the cached token (`del_token`), so a restart does not burn one
@@ -150,5 +212,20 @@ impl PbxClient {
     /// operator must fix the credentials or lift an IP block, then restart).
     pub async fn logins_halted(&self) -> bool {
         self.tokens.is_halted().await
+    }
+}
+
+/// Session ids as the logs and `message_session/query` write them: `1,2,3`.
+struct SessionIds<'a>(&'a [SessionId]);
+
+impl fmt::Display for SessionIds<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
     }
 }

@@ -23,6 +23,7 @@ fn result_class<T>(answer: &Result<T, CallError>) -> PbxResult {
     match answer {
         Ok(_) => PbxResult::Ok,
         Err(CallError::TokenExpired(_)) => PbxResult::TokenExpired,
+        Err(CallError::Unsupported(_)) => PbxResult::Unsupported,
         Err(CallError::Failed(PbxError::Transient(_))) => PbxResult::Transient,
         Err(CallError::Failed(PbxError::NotFound)) => PbxResult::NotFound,
         Err(CallError::Failed(PbxError::Rejected(_))) => PbxResult::Rejected,
@@ -48,5 +49,7 @@ mod tests {
         assert_eq!(class(GetToken, -1), PbxResult::Configuration);
         assert_eq!(class(GetToken, 40002), PbxResult::Rejected);
         assert_eq!(class(DelToken, 10004), PbxResult::TokenExpired);
+        assert_eq!(class(MessageSessionQuery, 10001), PbxResult::Unsupported);
+        assert_eq!(class(MessageSessionGet, 10001), PbxResult::Configuration);
     }
 }

@@ -1,6 +1,8 @@
-//! The PBX as the pipeline's `SessionSource`: `message_session/get` per
-//! session, with the client's token, concurrency cap and retries; "not
-//! found" becomes `Answer::Missing`, every other error a `FetchError`.
+//! The PBX as the pipeline's `SessionSource`: batches of sessions through
+//! `message_session/query` where the PBX serves it (`query`), each session
+//! alone through `message_session/get` otherwise, with the client's token,
+//! concurrency cap and retries; "not found" (only `get` says it) becomes
+//! `Answer::Missing`, every other error a `FetchError`.
 
 use chrono::Utc;
 use futures_util::future::join_all;
@@ -36,12 +38,18 @@ impl From<PbxError> for FetchError {
     }
 }
 
+/// `ids` in chunks of at most `query_batch`, each one `query` call (see
+/// `query`), all at once within the client's cap.
 impl SessionSource for PbxClient {
     async fn fetch(&self, ids: &[SessionId]) -> Vec<(SessionId, Result<Answer, FetchError>)> {
         join_all(
-            ids.iter()
-                .map(|&id| async move { (id, self.answer(id).await.map_err(FetchError::from)) }),
+            ids.chunks(self.query_batch())
+                .map(|chunk| self.answer_chunk(chunk)),
         )
         .await
+        .into_iter()
+        .flatten()
+        .map(|(id, answer)| (id, answer.map_err(FetchError::from)))
+        .collect()
     }
 }

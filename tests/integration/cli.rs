@@ -18,6 +18,7 @@ fn binary() -> Command {
         "YEASTAR_CLIENT_SECRET",
         "YEASTAR_PBX_ID",
         "ENRICHER_PREFETCH",
+        "ENRICHER_QUERY_BATCH",
         "RUST_LOG",
         "LOG_FORMAT",
     ] {
@@ -68,6 +69,8 @@ fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
     let cases = [
         ("ENRICHER_PREFETCH", "lots"),
         ("ENRICHER_PREFETCH", "0"),
+        ("ENRICHER_QUERY_BATCH", "0"),
+        ("ENRICHER_QUERY_BATCH", "101"),
         ("YEASTAR_BASE_URL", "pbx.example.com"),
         ("DATABASE_URL", "mysql://x"),
         ("AMQP_URL", "http://x"),
@@ -109,6 +112,7 @@ fn help_documents_every_variable_without_showing_secrets() {
         "YEASTAR_CLIENT_SECRET",
         "YEASTAR_PBX_ID",
         "ENRICHER_PREFETCH",
+        "ENRICHER_QUERY_BATCH",
         "ENRICHER_EVENT_TYPES",
         "ENRICHER_SHUTDOWN_TIMEOUT",
         "ENRICHER_HTTP_ADDR",

@@ -11,5 +11,6 @@ mod helpers;
 mod intake;
 mod operations;
 mod pbx_client;
+mod pbx_query;
 mod pipeline;
 mod reliability;

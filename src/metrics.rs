@@ -534,6 +534,7 @@ mod tests {
             "enricher_db_batch_size",
             "enricher_db_commit_duration_seconds",
             "enricher_broker_reconnects",
+            "enricher_ack_frames",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),

@@ -5,14 +5,17 @@
 //!
 //! A finished delivery's ack waits in `AckRuns` for the earlier deliveries
 //! of the channel to finish; the delivery that completes a run sends one
-//! ack with `multiple` at the run's last tag. The wait is bounded: after
-//! `ACK_LINGER` a waiting ack is sent alone. A bound rather than acking at
-//! once whatever cannot join a run: deliveries finish a few milliseconds
-//! apart and out of order (batched commits, parallel writers), so acking at
-//! once would rarely find a run; and an unbounded wait would let one
-//! delivery stuck in a slow PBX fetch hold every later ack, fill the
-//! prefetch window and stall consumption. Past the bound it is the old
-//! cost, one frame per delivery, never a stall.
+//! ack with `multiple` at the run's last tag; acks that finish while a frame
+//! is on its way gather behind it, as in Nagle's algorithm. The wait is
+//! bounded: after `ACK_LINGER` a waiting ack is sent alone. A bound rather
+//! than acking at once whatever cannot join a run, because deliveries
+//! finish out of order (parallel fetchers, writers committing batches side
+//! by side) and acking at once would rarely find a run; a bound rather
+//! than no limit, because one delivery stuck in a slow PBX fetch would
+//! otherwise hold every later ack, fill the prefetch window and stall
+//! consumption. Past the bound it is the old cost, one frame per delivery,
+//! never a stall; the bound is short because each waiting ack keeps a
+//! prefetch slot that long.
 //!
 //! Nacks are sent alone for their own tag, at once. A tag blocks runs until
 //! the frame that settles it has been sent (lapin sends each ack from a

@@ -122,6 +122,16 @@ label_values! {
 }
 
 label_values! {
+    /// How many deliveries one `basic.ack` frame settles.
+    AckFrame {
+        /// Its own tag only.
+        Single => "single",
+        /// Its tag and the earlier waiting ones (`multiple`).
+        Multiple => "multiple",
+    }
+}
+
+label_values! {
     /// What the intake answered a webhook request (see `intake::IntakeOutcome`).
     WebhookOutcome {
         Accepted => "accepted",
@@ -169,6 +179,11 @@ struct LagLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AckFrameLabels {
+    kind: AckFrame,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct WebhookLabels {
     outcome: WebhookOutcome,
 }
@@ -203,6 +218,7 @@ pub struct Metrics {
     db_batch_size: Histogram,
     db_commit_duration: HistogramFamily<DbWriteLabels>,
     broker_reconnects: Counter,
+    ack_frames: Family<AckFrameLabels, Counter>,
     webhooks: Family<WebhookLabels, Counter>,
     intake_broker_ready: Gauge,
 }
@@ -250,6 +266,7 @@ impl Metrics {
             db_batch_size: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
             db_commit_duration: Family::new_with_constructor(db_latency_buckets),
             broker_reconnects: Counter::default(),
+            ack_frames: Family::default(),
             webhooks: Family::default(),
             intake_broker_ready: Gauge::default(),
         };
@@ -270,6 +287,9 @@ impl Metrics {
         }
         for &since in LagSince::ALL {
             let _ = metrics.event_lag.get_or_create(&LagLabels { since });
+        }
+        for &kind in AckFrame::ALL {
+            let _ = metrics.ack_frames.get_or_create(&AckFrameLabels { kind });
         }
         for &outcome in WebhookOutcome::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { outcome });
@@ -346,6 +366,11 @@ impl Metrics {
             "enricher_broker_reconnects",
             "Times the RabbitMQ connection or consumer was lost and the worker reconnected",
             self.broker_reconnects.clone(),
+        );
+        r.register(
+            "enricher_ack_frames",
+            "basic.ack frames sent for the work queue's deliveries, by kind (single: one delivery; multiple: a run of finished deliveries)",
+            self.ack_frames.clone(),
         );
         let r = &mut self.intake_registry;
         r.register(
@@ -463,6 +488,13 @@ impl Metrics {
         self.broker_reconnects.inc();
     }
 
+    /// Counts a `basic.ack` frame sent for the work queue's deliveries.
+    pub fn ack_frame_sent(&self, kind: AckFrame) {
+        self.ack_frames
+            .get_or_create(&AckFrameLabels { kind })
+            .inc();
+    }
+
     /// Counts a webhook request the intake answered.
     pub fn webhook_answered(&self, outcome: WebhookOutcome) {
         self.webhooks
@@ -534,6 +566,7 @@ mod tests {
             "enricher_db_batch_size",
             "enricher_db_commit_duration_seconds",
             "enricher_broker_reconnects",
+            "enricher_ack_frames",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),

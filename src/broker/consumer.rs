@@ -4,13 +4,14 @@
 //! dead letters and retries, each confirmed before it returns. It never
 //! decides which of those a delivery gets: the worker's settle step does.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures_util::{Stream, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
+use super::acks::Acks;
 use super::confirm;
 use super::connection::{connect, open_channel, open_confirm_channel};
 use super::error::{BrokerError, failed};
@@ -26,11 +27,13 @@ pub struct Broker {
     connection: Connection,
     pub(super) consume: Channel,
     pub(super) publish: Channel,
+    /// The consuming channel's delivery tags, for acks in runs.
+    acks: Acks,
     settings: BrokerSettings,
 }
 
 /// A message taken from the work queue; it stays unacked until `ack` or
-/// `requeue`.
+/// `requeue`, whichever is called first (the other then does nothing).
 pub struct Delivery {
     pub body: Vec<u8>,
     pub redelivered: bool,
@@ -41,7 +44,11 @@ pub struct Delivery {
     /// the AMQP `timestamp` property (seconds), if either is set.
     pub published_at_ms: Option<i64>,
     properties: BasicProperties,
+    tag: u64,
     acker: lapin::Acker,
+    acks: Acks,
+    /// Set by the first `ack` or `requeue`.
+    settled: AtomicBool,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -54,7 +61,10 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    fn new(delivery: lapin::message::Delivery) -> Self {
+    /// Takes a delivery of the consuming channel, recording its tag in the
+    /// channel's `acks`.
+    fn new(delivery: lapin::message::Delivery, acks: Acks) -> Self {
+        acks.taken(delivery.delivery_tag);
         let properties = delivery.properties;
         Self {
             attempts: header_u32(&properties, ATTEMPT_HEADER),
@@ -67,28 +77,32 @@ impl Delivery {
             body: delivery.data,
             redelivered: delivery.redelivered,
             properties,
+            tag: delivery.delivery_tag,
             acker: delivery.acker,
+            acks,
+            settled: AtomicBool::new(false),
         }
     }
 
-    /// Acknowledges the delivery. `Ok(false)` means the channel it came from
-    /// is gone (the broker will redeliver it).
+    /// Acknowledges the delivery, in one frame with the deliveries before
+    /// it when they finish within a few milliseconds (see `acks`); returns
+    /// once a frame acking it has been sent. `Ok(false)` means the channel
+    /// it came from is gone (the broker will redeliver it), or the delivery
+    /// was settled already.
     pub async fn ack(&self) -> Result<bool, BrokerError> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(failed("ack"))
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.acks.ack(self.tag, &self.acker).await
     }
 
-    /// Returns the delivery to the queue for another try.
+    /// Returns the delivery to the queue for another try (a frame of its
+    /// own, never part of a run). `Ok(false)` as for `ack`.
     pub async fn requeue(&self) -> Result<bool, BrokerError> {
-        self.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(failed("nack"))
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.acks.requeue(self.tag, &self.acker).await
     }
 
     /// Its properties, persistent, with our reason and attempt count added
@@ -120,6 +134,7 @@ impl Broker {
             connection,
             consume,
             publish,
+            acks: Acks::default(),
             settings,
         })
     }
@@ -144,7 +159,12 @@ impl Broker {
             )
             .await
             .map_err(failed("starting the consumer"))?;
-        Ok(consumer.map(|delivery| delivery.map(Delivery::new).map_err(failed("receiving"))))
+        let acks = self.acks.clone();
+        Ok(consumer.map(move |delivery| {
+            delivery
+                .map(|delivery| Delivery::new(delivery, acks.clone()))
+                .map_err(failed("receiving"))
+        }))
     }
 
     /// Stops the consumer: no new deliveries; those held stay ackable.

@@ -2,7 +2,7 @@
 //! broker refused our topology. It never retries and never logs: the caller
 //! decides.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{action}: {detail}")]
 pub struct BrokerError {
     pub(super) action: &'static str,

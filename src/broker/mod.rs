@@ -10,6 +10,8 @@
 //! | file | owns |
 //! |---|---|
 //! | `consumer` | the worker's `Broker` (a consuming channel and a confirm channel on one connection): connect, consume, cancel, close; `Delivery` with `ack`/`requeue`; `dead_letter` and `retry_later` |
+//! | `acks` | `Acks`: the consuming channel's acks, sent in runs (one `multiple` ack for finished deliveries in a row), each waiting at most `ACK_LINGER` |
+//! | `ack_runs` | `AckRuns`: which tags one `multiple` ack may cover, as plain unit-tested state (never an unfinished tag, never one twice) |
 //! | `topology` | `BrokerSettings`, the names `<queue>.retry` and `<queue>.dead`, their declarations and arguments, and the conflict a queue declared with other arguments raises |
 //! | `publisher` | the intake's `Publisher`: a confirm channel kept open by its own reconnect loop; `Destination`, `PublisherState`, `PublishError` |
 //! | `confirm` | the one confirmed publish both sides use: only an `ack` without a `basic.return` is a confirm (`NotRequested` is a failure) |
@@ -20,6 +22,8 @@
 //!
 //! The public face is re-exported here, so every path is `crate::broker::…`.
 
+mod ack_runs;
+mod acks;
 mod confirm;
 mod connection;
 mod consumer;

@@ -3,6 +3,9 @@
 //! (`decide`, synchronously, so a pause is known at once) and carried out in
 //! a task of its own; nothing is acked before what it stands for is
 //! committed (rows) or confirmed by the broker (a dead letter, a retry).
+//! The broker sends acks in runs (one `multiple` ack for deliveries finished
+//! in a row, see `broker::Delivery::ack`); each delivery is still acked,
+//! counted and logged here, one by one.
 
 use std::sync::Arc;
 

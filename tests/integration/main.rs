@@ -1,6 +1,7 @@
 //! Integration tests against the local RabbitMQ and Postgres, with the PBX
 //! played by the in-process simulator. See `helpers` for the isolation rules.
 
+mod acks;
 mod chaos;
 mod cli;
 mod deployment;

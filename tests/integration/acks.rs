@@ -92,7 +92,7 @@ async fn a_worker_acks_every_event_and_leaves_none_unacked() {
     assert_eq!(worker.counts().enriched, total as u64);
     worker.shutdown().await.unwrap();
     assert_eq!(env.session_count().await, total);
-    assert_eq!(env.sim.stats().session_requests, total as u64);
+    assert_eq!(env.sim.stats().ids_requested, total as u64);
     assert_eq!(env.queue_len(&env.queue).await, 0, "nothing came back");
     env.finish().await;
 }
@@ -112,6 +112,8 @@ async fn a_slow_delivery_does_not_hold_back_the_acks_of_later_ones() {
     }
     let mut setup = env.setup();
     setup.broker.prefetch = 4;
+    // One session per fetch, so the hung fetch holds one delivery.
+    setup.worker.pipeline.fetch_batch = 1;
     // The hanging fetch does not time out while the test runs.
     setup.pbx.request_timeout = Duration::from_secs(300);
     setup.worker.shutdown_timeout = Duration::from_secs(1);
@@ -149,6 +151,8 @@ async fn a_delivery_retried_in_the_middle_of_a_run_reaches_the_retry_queue_and_c
     env.sim.fail_next_session_requests(faults);
     let mut setup = env.setup();
     setup.worker.pipeline.fetchers = 1;
+    // One session per call, so the faults hit the calls counted below.
+    setup.worker.pipeline.fetch_batch = 1;
     setup.pbx.concurrency = 1;
     let worker = env.spawn(setup);
     worker.wait_finished(total as u64).await;
@@ -180,6 +184,8 @@ async fn deliveries_returned_in_the_middle_of_a_run_come_back_and_are_enriched()
     env.sim.fail_next_session_requests(faults);
     let mut setup = env.setup();
     setup.worker.pipeline.fetchers = 1;
+    // One session per call, so the faults hit the calls counted below.
+    setup.worker.pipeline.fetch_batch = 1;
     setup.pbx.concurrency = 1;
     let worker = env.spawn(setup);
     worker.wait_finished(total as u64).await;

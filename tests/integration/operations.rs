@@ -287,11 +287,18 @@ async fn the_worker_binary_reports_readiness_and_metrics_and_never_logs_a_secret
     let (status, body) = readyz(addr).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(healthcheck(addr, "/readyz"), Some(0));
+    // Every session asked for once: alone with `get`, or in a `query`.
+    let asked_alone = sample(
+        &metrics,
+        r#"enricher_pbx_requests_total{endpoint="message_session_get",result="ok"}"#,
+    );
+    let asked_in_batches = sample(&metrics, "enricher_pbx_query_ids_sum");
+    assert_eq!(
+        asked_alone.unwrap_or(0.0) + asked_in_batches.unwrap_or(0.0),
+        events as f64,
+        "{metrics}"
+    );
     for (series, expected) in [
-        (
-            r#"enricher_pbx_requests_total{endpoint="message_session_get",result="ok"}"#,
-            events as f64,
-        ),
         (
             r#"enricher_pbx_token_renewals_total{method="login",result="ok"}"#,
             1.0,

@@ -30,8 +30,8 @@ async fn one_login_serves_many_events_and_a_10004_renews_the_token_without_anoth
     );
     assert_eq!(stats.refreshes, 1);
     assert_eq!(stats.live_tokens, 1);
-    // 40 + the refused one + its retry.
-    assert_eq!(stats.session_requests, 42);
+    // 40 (alone or in batches) + the refused one + its retry.
+    assert_eq!(stats.ids_requested, 42);
     worker.shutdown().await.unwrap();
     assert_eq!(
         env.sim.stats().revocations,

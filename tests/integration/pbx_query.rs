@@ -401,3 +401,45 @@ async fn the_simulator_plays_firmware_without_query_both_ways() {
     assert_eq!(env.sim.stats().query_requests, 3);
     env.finish().await;
 }
+
+/// The worker end to end: a backlog of conversations whose events are
+/// interleaved costs a handful of `query` calls, each asking for many
+/// sessions, instead of a call per event or per session.
+#[tokio::test]
+async fn a_worker_fetches_an_interleaved_backlog_in_batched_queries() {
+    let env = TestEnv::new().await;
+    let (sessions, rounds) = (40, 5);
+    for _ in 0..rounds {
+        for id in 1..=sessions {
+            env.publish_json(&crate::helpers::new_message_event(id))
+                .await;
+        }
+    }
+    let mut setup = env.setup();
+    setup.broker.prefetch = 500;
+    let worker = env.spawn(setup);
+    worker.wait_finished(sessions as u64 * rounds).await;
+    let counts = worker.counts();
+    assert_eq!(
+        counts.enriched + counts.unchanged,
+        sessions as u64 * rounds,
+        "{counts:?}"
+    );
+    worker.shutdown().await.expect("a clean shutdown");
+
+    assert_eq!(env.session_count().await, sessions);
+    let stats = env.sim.stats();
+    let calls = stats.session_requests + stats.query_requests;
+    assert!(stats.query_requests >= 1, "{stats:?}");
+    // 40 sessions, 20 per query: 2 calls if every event was taken at once,
+    // a few follow-ups when they arrive while their session is in flight.
+    assert!(
+        calls <= 10,
+        "{calls} PBX calls for {sessions} sessions: {stats:?}"
+    );
+    assert!(
+        stats.ids_requested >= sessions as u64,
+        "every session asked for: {stats:?}"
+    );
+    env.finish().await;
+}

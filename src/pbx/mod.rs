@@ -20,6 +20,7 @@ pub use error::{HttpError, PbxError, Reason};
 pub use status::{PbxAccess, PbxStatus};
 
 use crate::backoff::Backoff;
+use crate::processing::Answer;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::Api;
@@ -78,6 +79,16 @@ impl PbxClient {
     /// Fetches one session. Transient failures are retried with backoff up to
     /// the configured attempts; the last one is returned as `Transient`.
     pub async fn fetch_session(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+        match self.fetch_answer(id).await? {
+            Answer::Found(fetched) => Ok(*fetched),
+            Answer::Missing { .. } => Err(PbxError::NotFound),
+        }
+    }
+
+    /// Fetches one session as an answer, found or missing, stamped with when
+    /// its request was sent; transient failures are retried as in
+    /// `fetch_session`.
+    async fn fetch_answer(&self, id: SessionId) -> Result<Answer, PbxError> {
         self.retry
             .retry(
                 || self.fetch_once(id),
@@ -90,7 +101,7 @@ impl PbxClient {
             .await
     }
 
-    async fn fetch_once(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+    async fn fetch_once(&self, id: SessionId) -> Result<Answer, PbxError> {
         let _permit = self
             .in_flight
             .acquire()
@@ -98,10 +109,13 @@ impl PbxClient {
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
         let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self.tokens.access_token(&self.api).await?;
-        let list = match self.api.message_session(&token, id).await {
+        // Stamped just before the request goes.
+        let mut requested_at = Utc::now();
+        let answer = match self.api.message_session(&token, id).await {
             Err(CallError::TokenExpired(_)) => {
                 self.tokens.invalidate(&token).await;
                 let token = self.tokens.access_token(&self.api).await?;
+                requested_at = Utc::now();
                 self.api
                     .message_session(&token, id)
                     .await
@@ -110,7 +124,17 @@ impl PbxClient {
                         // restarting; ask again later.
                         CallError::TokenExpired(reason) => PbxError::Transient(reason),
                         CallError::Failed(e) => e,
-                    })?
+                    })
+            }
+            answer => answer.map_err(PbxError::from),
+        };
+        let list = match answer {
+            Err(PbxError::NotFound) => {
+                return Ok(Answer::Missing {
+                    id,
+                    requested_at,
+                    seen_at: Utc::now(),
+                });
             }
             answer => answer?,
         };
@@ -121,7 +145,11 @@ impl PbxClient {
                 format!("asked for session {id}, got session {}", info.id).into(),
             ));
         }
-        Ok(FetchedSession { info, fetched_at })
+        Ok(Answer::Found(Box::new(FetchedSession {
+            info,
+            requested_at,
+            fetched_at,
+        })))
     }
 
     /// Revokes the cached token (`del_token`), so a restart does not burn one

@@ -10,6 +10,7 @@ mod failures;
 mod helpers;
 mod intake;
 mod operations;
+mod ordering;
 mod pbx_client;
 mod pipeline;
 mod reliability;

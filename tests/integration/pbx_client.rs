@@ -1,7 +1,13 @@
 //! The PBX client as the worker uses it: one login, token renewal, bounded
 //! retries of transient failures, permanent refusals dead-lettered.
 
+use std::time::Duration;
+
+use chrono::Utc;
+use session_enricher::pbx::PbxClient;
+use session_enricher::session::SessionId;
 use session_enricher::simulator::Fault;
+use session_enricher::store::Answer;
 
 use crate::helpers::{TestEnv, new_message_event};
 
@@ -94,5 +100,52 @@ async fn an_answer_that_is_not_a_session_is_dead_lettered() {
     assert_eq!(dead.len(), 1);
     assert!(dead[0].1.contains("id"), "{}", dead[0].1);
     worker.shutdown().await.unwrap();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn an_answer_is_stamped_with_when_its_request_was_sent() {
+    let env = TestEnv::new().await;
+    let pbx = PbxClient::new(env.pbx_settings()).unwrap();
+    pbx.log_in().await.unwrap();
+    let slow = Duration::from_millis(300);
+    let id = SessionId::new(2862).unwrap();
+    let found = |answer: Answer| match answer {
+        Answer::Found(fetched) => *fetched,
+        missing => panic!("{missing:?}"),
+    };
+
+    // A slow answer: stamped before the request went, answered after.
+    env.sim.fail_next_session_requests([Fault::Delay(slow)]);
+    let before = Utc::now();
+    let fetched = found(pbx.answer(id).await.unwrap());
+    assert!(fetched.requested_at >= before);
+    assert!(fetched.fetched_at - fetched.requested_at >= chrono::Duration::from_std(slow).unwrap());
+
+    // A 10004 that took 300 ms: the answer is the retried request's, sent
+    // after the refusal and the refresh, and stamped then.
+    env.sim.expire_tokens();
+    env.sim.fail_next_session_requests([Fault::Delay(slow)]);
+    let before = Utc::now();
+    let fetched = found(pbx.answer(id).await.unwrap());
+    assert_eq!(env.sim.stats().refreshes, 1);
+    assert!(fetched.requested_at - before >= chrono::Duration::from_std(slow).unwrap());
+
+    // "Not found" is stamped the same way.
+    env.sim.remove_session(55);
+    env.sim.fail_next_session_requests([Fault::Delay(slow)]);
+    let before = Utc::now();
+    match pbx.answer(SessionId::new(55).unwrap()).await.unwrap() {
+        Answer::Missing {
+            requested_at,
+            seen_at,
+            ..
+        } => {
+            assert!(requested_at >= before);
+            assert!(seen_at - requested_at >= chrono::Duration::from_std(slow).unwrap());
+        }
+        found => panic!("{found:?}"),
+    }
+    pbx.revoke_token().await;
     env.finish().await;
 }

@@ -308,6 +308,7 @@ impl Phase<'_> {
                 attempts: 5,
             },
             login_retry_min: Duration::from_secs(60),
+            max_rps: None,
         })?;
         let store = Store::connect_lazy(self.store_settings)?;
         Ok(Worker::new(broker, Arc::new(pbx), store, settings, counts))

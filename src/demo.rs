@@ -110,6 +110,7 @@ pub async fn run(
             attempts: 5,
         },
         login_retry_min: Duration::from_secs(60),
+        max_rps: None,
     })?;
     let counts = Arc::new(OutcomeCounts::default());
     let worker = Worker::new(

@@ -56,6 +56,11 @@ pub struct PbxArgs {
     /// to 10 s).
     #[arg(long, env = "ENRICHER_PBX_BACKOFF_MS", value_name = "ENRICHER_PBX_BACKOFF_MS", default_value_t = defaults::PBX_BACKOFF_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub pbx_backoff_ms: u64,
+    /// Requests a second at most to the PBX, logins included, spaced evenly
+    /// (unset: no limit). A `Retry-After` on HTTP 429/503 is honoured
+    /// either way.
+    #[arg(long, env = "ENRICHER_PBX_MAX_RPS", value_name = "ENRICHER_PBX_MAX_RPS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pbx_max_rps: Option<u32>,
 }
 
 impl PbxArgs {
@@ -106,6 +111,7 @@ impl PbxArgs {
                 attempts: self.pbx_attempts,
             },
             login_retry_min: Duration::from_secs(60),
+            max_rps: self.pbx_max_rps,
         })
     }
 }

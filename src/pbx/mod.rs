@@ -1,9 +1,10 @@
 //! The Yeastar PBX client: the only module that speaks HTTP to the PBX (and
 //! the only importer of `reqwest`). It fetches one session with a cached
-//! token, bounded concurrency and bounded retries of transient failures, and
-//! never logs a secret.
+//! token, bounded concurrency, an optional request rate (`budget`) and
+//! bounded retries of transient failures, and never logs a secret.
 
 mod api;
+mod budget;
 mod error;
 mod observe;
 mod source;
@@ -24,6 +25,7 @@ use crate::processing::Answer;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::Api;
+use budget::RequestBudget;
 use error::CallError;
 use token::TokenCache;
 
@@ -44,6 +46,8 @@ pub struct PbxSettings {
     pub retry: Backoff,
     /// The shortest wait after a refused login (doubles per refusal).
     pub login_retry_min: Duration,
+    /// Requests a second at most, logins included (`None`: no limit).
+    pub max_rps: Option<u32>,
 }
 
 pub struct PbxClient {
@@ -63,6 +67,7 @@ impl PbxClient {
                 &settings.base_url,
                 &settings.api_path,
                 settings.request_timeout,
+                RequestBudget::new(settings.max_rps),
             )?,
             tokens: TokenCache::new(
                 settings.client_id,
@@ -109,13 +114,13 @@ impl PbxClient {
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
         let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self.tokens.access_token(&self.api).await?;
-        // Stamped just before the request goes.
-        let mut requested_at = Utc::now();
+        // Stamped after the budget's wait, just before the request goes.
+        let mut requested_at = self.api.budget().admit().await;
         let answer = match self.api.message_session(&token, id).await {
             Err(CallError::TokenExpired(_)) => {
                 self.tokens.invalidate(&token).await;
                 let token = self.tokens.access_token(&self.api).await?;
-                requested_at = Utc::now();
+                requested_at = self.api.budget().admit().await;
                 self.api
                     .message_session(&token, id)
                     .await
@@ -153,7 +158,9 @@ impl PbxClient {
     }
 
     /// Revokes the cached token (`del_token`), so a restart does not burn one
-    /// of the application's 8 token slots. Best effort.
+    /// of the application's 8 token slots. Best effort, and the one request
+    /// that does not wait for the budget: it is sent once, at shutdown, which
+    /// a `Retry-After` must not hold up.
     pub async fn revoke_token(&self) {
         if let Some(token) = self.tokens.take().await {
             match self.api.del_token(&token).await {

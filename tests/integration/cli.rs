@@ -68,6 +68,8 @@ fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
     let cases = [
         ("ENRICHER_PREFETCH", "lots"),
         ("ENRICHER_PREFETCH", "0"),
+        ("ENRICHER_PBX_MAX_RPS", "0"),
+        ("ENRICHER_PBX_MAX_RPS", "2.5"),
         ("YEASTAR_BASE_URL", "pbx.example.com"),
         ("DATABASE_URL", "mysql://x"),
         ("AMQP_URL", "http://x"),
@@ -109,6 +111,7 @@ fn help_documents_every_variable_without_showing_secrets() {
         "YEASTAR_CLIENT_SECRET",
         "YEASTAR_PBX_ID",
         "ENRICHER_PREFETCH",
+        "ENRICHER_PBX_MAX_RPS",
         "ENRICHER_EVENT_TYPES",
         "ENRICHER_SHUTDOWN_TIMEOUT",
         "ENRICHER_HTTP_ADDR",

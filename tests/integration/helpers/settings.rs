@@ -53,6 +53,7 @@ impl TestEnv {
                 attempts: 5,
             },
             login_retry_min: Duration::from_secs(60),
+            max_rps: None,
         }
     }
 

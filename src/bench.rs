@@ -310,6 +310,7 @@ impl Phase<'_> {
             },
             login_retry_min: Duration::from_secs(60),
             query_batch: crate::defaults::QUERY_BATCH.into(),
+            max_rps: None,
         })?;
         let store = Store::connect_lazy(self.store_settings)?;
         Ok(Worker::new(broker, Arc::new(pbx), store, settings, counts))

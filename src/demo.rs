@@ -111,6 +111,7 @@ pub async fn run(
         },
         login_retry_min: Duration::from_secs(60),
         query_batch: crate::defaults::QUERY_BATCH.into(),
+        max_rps: None,
     })?;
     let counts = Arc::new(OutcomeCounts::default());
     let worker = Worker::new(

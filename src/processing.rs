@@ -7,13 +7,19 @@ use chrono::{DateTime, Utc};
 
 use crate::session::{FetchedSession, SessionId};
 
+/// How recent an answer is: (when its request was sent, when it arrived),
+/// compared in that order.
+pub type Recency = (DateTime<Utc>, DateTime<Utc>);
+
 /// What the PBX answered for one session.
 #[derive(Clone, Debug)]
 pub enum Answer {
     Found(Box<FetchedSession>),
-    /// The PBX said (at `seen_at`) the session does not exist.
+    /// The PBX said (at `seen_at`, to a request sent at `requested_at`) the
+    /// session does not exist.
     Missing {
         id: SessionId,
+        requested_at: DateTime<Utc>,
         seen_at: DateTime<Utc>,
     },
 }
@@ -26,12 +32,27 @@ impl Answer {
         }
     }
 
-    /// When the PBX gave this answer: the order answers are kept in.
+    /// When the request this answers was sent: the order answers are kept
+    /// in (a request sent later sees a newer state of the session).
+    pub fn requested_at(&self) -> DateTime<Utc> {
+        match self {
+            Answer::Found(f) => f.requested_at,
+            Answer::Missing { requested_at, .. } => *requested_at,
+        }
+    }
+
+    /// When the PBX gave this answer: breaks a tie on `requested_at`.
     pub fn answered_at(&self) -> DateTime<Utc> {
         match self {
             Answer::Found(f) => f.fetched_at,
             Answer::Missing { seen_at, .. } => *seen_at,
         }
+    }
+
+    /// The order of answers for one session, newest last: by request time,
+    /// then by answer time. The store's stale guard compares the same pair.
+    pub fn recency(&self) -> Recency {
+        (self.requested_at(), self.answered_at())
     }
 }
 
@@ -50,15 +71,16 @@ pub enum FetchError {
     Configuration(String),
 }
 
-/// The batch rule: indexes of the newest answer per session (by when the
-/// PBX answered; a tie keeps the first), in session order, the order rows
-/// are locked in. A batch never touches one key twice.
+/// The batch rule: indexes of the newest answer per session (by `recency`:
+/// the later-sent request, then the later answer; a full tie keeps the
+/// first), in session order, the order rows are locked in. A batch never
+/// touches one key twice.
 pub fn newest_per_session(answers: &[Answer]) -> Vec<usize> {
     let mut newest: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
     for (i, answer) in answers.iter().enumerate() {
         let id = answer.session_id().get();
         match newest.get(&id) {
-            Some(&j) if answers[j].answered_at() >= answer.answered_at() => {}
+            Some(&j) if answers[j].recency() >= answer.recency() => {}
             _ => {
                 newest.insert(id, i);
             }
@@ -116,14 +138,34 @@ pub enum Processed {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
+    use serde_json::json;
 
     use super::*;
+    use crate::session::SessionInfo;
 
+    fn at(second: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, second).unwrap()
+    }
+
+    /// "Not found", asked and answered in the same second.
     fn missing(id: i64, second: u32) -> Answer {
+        missing_asked(id, second, second)
+    }
+
+    fn missing_asked(id: i64, requested: u32, answered: u32) -> Answer {
         Answer::Missing {
             id: SessionId::new(id).expect("positive"),
-            seen_at: Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, second).unwrap(),
+            requested_at: at(requested),
+            seen_at: at(answered),
         }
+    }
+
+    fn found(id: i64, requested: u32, answered: u32) -> Answer {
+        Answer::Found(Box::new(FetchedSession {
+            info: SessionInfo::decode(json!({ "id": id })).expect("an id"),
+            requested_at: at(requested),
+            fetched_at: at(answered),
+        }))
     }
 
     #[test]
@@ -141,5 +183,43 @@ mod tests {
     #[test]
     fn of_two_answers_given_at_once_the_first_is_kept() {
         assert_eq!(newest_per_session(&[missing(1, 3), missing(1, 3)]), vec![0]);
+    }
+
+    #[test]
+    fn the_answer_to_the_later_sent_request_wins_even_when_it_arrived_first() {
+        // Requested at 1, answered (slowly) at 9; requested at 2, answered at 3.
+        let slow_old = found(7, 1, 9);
+        let quick_new = found(7, 2, 3);
+        assert_eq!(
+            newest_per_session(&[quick_new.clone(), slow_old.clone()]),
+            vec![0]
+        );
+        assert_eq!(newest_per_session(&[slow_old, quick_new]), vec![1]);
+    }
+
+    #[test]
+    fn of_two_requests_sent_at_once_the_later_answer_wins() {
+        assert_eq!(
+            newest_per_session(&[found(4, 2, 6), found(4, 2, 5)]),
+            vec![0]
+        );
+        assert_eq!(
+            newest_per_session(&[found(4, 2, 5), found(4, 2, 6)]),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn found_and_missing_are_ordered_alike_by_request_time() {
+        // "Not found" to a request sent after the one that found it wins,
+        // and loses to one sent later still.
+        assert_eq!(
+            newest_per_session(&[found(8, 1, 8), missing_asked(8, 2, 3)]),
+            vec![1]
+        );
+        assert_eq!(
+            newest_per_session(&[missing_asked(8, 2, 3), found(8, 4, 5)]),
+            vec![1]
+        );
     }
 }

@@ -88,10 +88,16 @@ pub struct PendingAgent {
     pub avatar: Option<String>,
 }
 
-/// A session as the PBX described it at `fetched_at` (when it answered).
+/// A session as the PBX described it in answer to a request sent at
+/// `requested_at`, answered at `fetched_at`. Answers are ordered by when
+/// their request was sent: a request sent later sees a newer state, however
+/// long its answer takes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FetchedSession {
     pub info: SessionInfo,
+    /// Just before the request that succeeded was sent.
+    pub requested_at: DateTime<Utc>,
+    /// When the PBX's answer arrived.
     pub fetched_at: DateTime<Utc>,
 }
 

@@ -64,6 +64,8 @@ pub enum Fault {
     Errcode(i64),
     /// This HTTP status with an empty body.
     HttpStatus(u16),
+    /// This HTTP status with an empty body and `Retry-After: <seconds>`.
+    HttpStatusRetryAfter(u16, u64),
     /// Answer normally, after this extra delay.
     Delay(Duration),
 }
@@ -271,6 +273,14 @@ fn fault_response(fault: &Fault) -> Option<Response> {
         Fault::HttpStatus(status) => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Some((status, [(header::CONNECTION, "close")]).into_response())
+        }
+        Fault::HttpStatusRetryAfter(status, seconds) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let headers = [
+                (header::CONNECTION, "close".to_owned()),
+                (header::RETRY_AFTER, seconds.to_string()),
+            ];
+            Some((status, headers).into_response())
         }
         Fault::Delay(_) => None,
     }

@@ -60,6 +60,11 @@ pub struct PbxArgs {
     /// (1 to 100); 1 fetches each session with `message_session/get`.
     #[arg(long, env = "ENRICHER_QUERY_BATCH", value_name = "ENRICHER_QUERY_BATCH", default_value_t = defaults::QUERY_BATCH, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub query_batch: u16,
+    /// Requests a second at most to the PBX, logins included, spaced evenly
+    /// (unset: no limit). A `Retry-After` on HTTP 429/503 is honoured
+    /// either way.
+    #[arg(long, env = "ENRICHER_PBX_MAX_RPS", value_name = "ENRICHER_PBX_MAX_RPS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pbx_max_rps: Option<u32>,
 }
 
 impl PbxArgs {
@@ -111,6 +116,7 @@ impl PbxArgs {
             },
             login_retry_min: Duration::from_secs(60),
             query_batch: usize::from(self.query_batch),
+            max_rps: self.pbx_max_rps,
         })
     }
 }

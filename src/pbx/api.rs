@@ -1,14 +1,18 @@
 //! The raw Yeastar OpenAPI calls over HTTP: one function per endpoint, each
 //! turning the answer into a value or a failure by its `errcode` (through
 //! the errcode table in `error`) and the HTTP status where the body says
-//! nothing. No retries, no token caching, and never a URL in an error (it
-//! carries the access token).
+//! nothing. A `Retry-After` on HTTP 429/503 holds every request back
+//! (`RequestBudget::hold_off`); waiting for the budget is the caller's, just
+//! before it calls. No retries, no token caching, and never a URL in an
+//! error (it carries the access token).
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use reqwest::header::RETRY_AFTER;
 use serde_json::{Value, json};
 
+use super::budget::{self, RequestBudget};
 use super::error::{CallError, HttpError, Reason};
 use super::observe::observed;
 use super::{PbxError, SessionIds};
@@ -31,10 +35,17 @@ pub(crate) struct Api {
     http: reqwest::Client,
     /// `{base_url}/{api_path}`, without a trailing slash.
     root: String,
+    /// When requests may go; callers `admit` themselves through `budget()`.
+    budget: RequestBudget,
 }
 
 impl Api {
-    pub fn new(base_url: &str, api_path: &str, timeout: Duration) -> Result<Self, PbxError> {
+    pub fn new(
+        base_url: &str,
+        api_path: &str,
+        timeout: Duration,
+        budget: RequestBudget,
+    ) -> Result<Self, PbxError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("session-enricher/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -49,7 +60,12 @@ impl Api {
             base_url.trim_end_matches('/'),
             api_path.trim_matches('/')
         );
-        Ok(Self { http, root })
+        Ok(Self { http, root, budget })
+    }
+
+    /// The request budget every caller awaits (`admit`) before a request.
+    pub fn budget(&self) -> &RequestBudget {
+        &self.budget
     }
 
     fn url(&self, endpoint: &str) -> String {
@@ -61,7 +77,7 @@ impl Api {
             .http
             .post(self.url("get_token"))
             .json(&json!({"username": client_id, "password": secret.expose()}));
-        token_pair(&call(PbxEndpoint::GetToken, request).await?)
+        token_pair(&self.call(PbxEndpoint::GetToken, request).await?)
     }
 
     pub async fn refresh_token(&self, refresh: &Secret) -> Result<TokenPair, PbxError> {
@@ -69,7 +85,7 @@ impl Api {
             .http
             .post(self.url("refresh_token"))
             .json(&json!({"refresh_token": refresh.expose()}));
-        token_pair(&call(PbxEndpoint::RefreshToken, request).await?)
+        token_pair(&self.call(PbxEndpoint::RefreshToken, request).await?)
     }
 
     pub async fn del_token(&self, access: &Secret) -> Result<(), PbxError> {
@@ -77,7 +93,7 @@ impl Api {
             .http
             .get(self.url("del_token"))
             .query(&[("access_token", access.expose())]);
-        call(PbxEndpoint::DelToken, request).await?;
+        self.call(PbxEndpoint::DelToken, request).await?;
         Ok(())
     }
 
@@ -91,7 +107,7 @@ impl Api {
             .http
             .get(self.url("message_session/get"))
             .query(&[("access_token", access.expose()), ("id", &id.to_string())]);
-        let mut answer = call(PbxEndpoint::MessageSessionGet, request).await?;
+        let mut answer = self.call(PbxEndpoint::MessageSessionGet, request).await?;
         match answer.get_mut("list").map(Value::take) {
             Some(list @ Value::Object(_)) => Ok(list),
             _ => Err(PbxError::Rejected("answer has no Session_Info in `list`".into()).into()),
@@ -112,7 +128,7 @@ impl Api {
             .http
             .get(self.url("message_session/query"))
             .query(&[("access_token", access.expose()), ("ids", &ids)]);
-        let mut answer = call(PbxEndpoint::MessageSessionQuery, request).await?;
+        let mut answer = self.call(PbxEndpoint::MessageSessionQuery, request).await?;
         match answer.get_mut("list").map(Value::take) {
             Some(Value::Array(list)) => Ok(list),
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -123,16 +139,24 @@ impl Api {
             .into()),
         }
     }
+
+    /// Sends a request, records it, and returns the JSON answer if its
+    /// errcode is 0. The errcode decides; the HTTP status only where the
+    /// body carries none.
+    async fn call(
+        &self,
+        endpoint: PbxEndpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, CallError> {
+        observed(endpoint, send(&self.budget, endpoint, request)).await
+    }
 }
 
-/// Sends a request, records it, and returns the JSON answer if its errcode
-/// is 0. The errcode decides; the HTTP status only where the body carries
-/// none.
-async fn call(endpoint: PbxEndpoint, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
-    observed(endpoint, send(endpoint, request)).await
-}
-
-async fn send(endpoint: PbxEndpoint, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+async fn send(
+    budget: &RequestBudget,
+    endpoint: PbxEndpoint,
+    request: reqwest::RequestBuilder,
+) -> Result<Value, CallError> {
     let unanswered = |e| CallError::from(PbxError::Transient(Reason::Http(HttpError::new(e))));
     let response = request.send().await.map_err(unanswered)?;
     let status = response.status();
@@ -140,6 +164,22 @@ async fn send(endpoint: PbxEndpoint, request: reqwest::RequestBuilder) -> Result
         return Err(unsupported);
     }
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) && let Some(wait) = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(budget::retry_after)
+        {
+            tracing::warn!(
+                status = status.as_u16(),
+                wait_ms = wait.as_millis() as u64,
+                "The PBX asked to wait (Retry-After); holding every request back."
+            );
+            budget.hold_off(wait);
+        }
         return Err(PbxError::Transient(Reason::Status(status.as_u16())).into());
     }
     let bytes = response.bytes().await.map_err(unanswered)?;
@@ -211,7 +251,13 @@ mod tests {
     #[tokio::test]
     async fn an_unanswered_call_keeps_its_cause_and_never_shows_the_token() {
         // Nothing listens on port 1: the connection is refused at once.
-        let api = Api::new("http://127.0.0.1:1", "openapi/v1.0", Duration::from_secs(2)).unwrap();
+        let api = Api::new(
+            "http://127.0.0.1:1",
+            "openapi/v1.0",
+            Duration::from_secs(2),
+            RequestBudget::default(),
+        )
+        .unwrap();
         let id = SessionId::new(2862).unwrap();
         let error = PbxError::from(
             api.message_session(&Secret::new("token-5e1f"), id)

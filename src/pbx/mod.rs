@@ -2,10 +2,11 @@
 //! the only importer of `reqwest`). It fetches sessions, one with
 //! `message_session/get` (the exact path) or several with
 //! `message_session/query` (the frugal one, `query`), with a cached token,
-//! bounded concurrency and bounded retries of transient failures, and never
-//! logs a secret.
+//! bounded concurrency, an optional request rate (`budget`) and bounded
+//! retries of transient failures, and never logs a secret.
 
 mod api;
+mod budget;
 mod error;
 mod observe;
 mod query;
@@ -26,9 +27,11 @@ pub use status::{PbxAccess, PbxStatus};
 
 use crate::backoff::Backoff;
 use crate::metrics::PbxEndpoint;
+use crate::processing::Answer;
 use crate::secret::Secret;
 use crate::session::{FetchedSession, SessionId, SessionInfo};
 use api::Api;
+use budget::RequestBudget;
 use error::CallError;
 use token::TokenCache;
 
@@ -52,6 +55,8 @@ pub struct PbxSettings {
     /// Session ids asked for per `message_session/query` call (the frugal
     /// path); 1 fetches each session with `message_session/get`.
     pub query_batch: usize,
+    /// Requests a second at most, logins included (`None`: no limit).
+    pub max_rps: Option<u32>,
 }
 
 pub struct PbxClient {
@@ -85,6 +90,7 @@ impl PbxClient {
                 &settings.base_url,
                 &settings.api_path,
                 settings.request_timeout,
+                RequestBudget::new(settings.max_rps),
             )?,
             tokens: TokenCache::new(
                 settings.client_id,
@@ -105,24 +111,48 @@ impl PbxClient {
     /// are retried with backoff up to the configured attempts; the last one
     /// is returned as `Transient`.
     pub async fn fetch_session(&self, id: SessionId) -> Result<FetchedSession, PbxError> {
+        match self.fetch_answer(id).await? {
+            Answer::Found(fetched) => Ok(*fetched),
+            Answer::Missing { .. } => Err(PbxError::NotFound),
+        }
+    }
+
+    /// Fetches one session with `message_session/get` as an answer, found
+    /// or missing, stamped with when its request was sent; transient
+    /// failures are retried as in `fetch_session`.
+    async fn fetch_answer(&self, id: SessionId) -> Result<Answer, PbxError> {
         let sent = self
             .request(PbxEndpoint::MessageSessionGet, &[id], |token| async move {
-                self.api.message_session(&token, id).await
+                match self.api.message_session(&token, id).await {
+                    Err(CallError::Failed(PbxError::NotFound)) => Ok(None),
+                    answer => answer.map(Some),
+                }
             })
             .await?;
-        let fetched_at = Utc::now();
+        let (requested_at, fetched_at) = (sent.requested_at, Utc::now());
         tracing::debug!(
             session_id = id.get(),
-            round_trip_ms = (fetched_at - sent.requested_at).num_milliseconds(),
+            round_trip_ms = (fetched_at - requested_at).num_milliseconds(),
             "Session fetched."
         );
-        let info = SessionInfo::decode(sent.answer).map_err(|e| PbxError::Rejected(e.into()))?;
+        let Some(answer) = sent.answer else {
+            return Ok(Answer::Missing {
+                id,
+                requested_at,
+                seen_at: fetched_at,
+            });
+        };
+        let info = SessionInfo::decode(answer).map_err(|e| PbxError::Rejected(e.into()))?;
         if info.id != id {
             return Err(PbxError::Rejected(
                 format!("asked for session {id}, got session {}", info.id).into(),
             ));
         }
-        Ok(FetchedSession { info, fetched_at })
+        Ok(Answer::Found(Box::new(FetchedSession {
+            info,
+            requested_at,
+            fetched_at,
+        })))
     }
 
     /// Sends one request about `ids` through `send` (given the access
@@ -163,12 +193,13 @@ impl PbxClient {
             .map_err(|_| PbxError::Transient("the PBX client is shutting down".into()))?;
         let _in_flight = crate::metrics::get().pbx_fetch_in_flight();
         let token = self.tokens.access_token(&self.api).await?;
-        let requested_at = Utc::now();
+        // Stamped after the budget's wait, just before the request goes.
+        let requested_at = self.api.budget().admit().await;
         match send(token.clone()).await {
             Err(CallError::TokenExpired(_)) => {
                 self.tokens.invalidate(&token).await;
                 let token = self.tokens.access_token(&self.api).await?;
-                let requested_at = Utc::now();
+                let requested_at = self.api.budget().admit().await;
                 match send(token).await {
                     // A fresh token refused as well: the PBX may be
                     // restarting; ask again later.

@@ -90,14 +90,19 @@ impl PbxClient {
                 self.api.message_sessions(&token, ids).await
             })
             .await?;
-        let fetched_at = Utc::now();
+        let (requested_at, fetched_at) = (sent.requested_at, Utc::now());
         tracing::debug!(
             asked = ids.len(),
             answered = sent.answer.len(),
-            round_trip_ms = (fetched_at - sent.requested_at).num_milliseconds(),
+            round_trip_ms = (fetched_at - requested_at).num_milliseconds(),
             "Sessions fetched in one query."
         );
-        Ok(sessions_asked_for(ids, sent.answer, fetched_at))
+        Ok(sessions_asked_for(
+            ids,
+            sent.answer,
+            requested_at,
+            fetched_at,
+        ))
     }
 
     /// The PBX lacks `query`: `get` from now on. Logged once, whatever
@@ -130,6 +135,7 @@ impl PbxClient {
 fn sessions_asked_for(
     asked: &[SessionId],
     list: Vec<Value>,
+    requested_at: DateTime<Utc>,
     fetched_at: DateTime<Utc>,
 ) -> HashMap<SessionId, FetchedSession> {
     let mut found = HashMap::with_capacity(asked.len());
@@ -142,9 +148,11 @@ fn sessions_asked_for(
                 );
             }
             Ok(info) => {
-                found
-                    .entry(info.id)
-                    .or_insert(FetchedSession { info, fetched_at });
+                found.entry(info.id).or_insert(FetchedSession {
+                    info,
+                    requested_at,
+                    fetched_at,
+                });
             }
             Err(e) => {
                 tracing::debug!(error = %e, "A query's Session_Info does not decode; ignored (its session is asked for alone).");
@@ -169,7 +177,7 @@ mod tests {
     fn a_query_answer_yields_each_session_asked_for_that_it_holds() {
         let at = Utc::now();
         let list = vec![synthetic_session(3).unwrap(), synthetic_session(1).unwrap()];
-        let found = sessions_asked_for(&ids(&[1, 2, 3]), list, at);
+        let found = sessions_asked_for(&ids(&[1, 2, 3]), list, at, at);
         let mut keys: Vec<i64> = found.keys().map(|id| id.get()).collect();
         keys.sort_unstable();
         assert_eq!(keys, [1, 3], "2 is absent: asked for alone later");
@@ -190,7 +198,7 @@ mod tests {
             json!({"id": "4", "channel_type": "sms"}),
             json!({"id": 4, "channel_type": "whatsapp"}),
         ];
-        let found = sessions_asked_for(&ids(&[4, 5]), list, Utc::now());
+        let found = sessions_asked_for(&ids(&[4, 5]), list, Utc::now(), Utc::now());
         assert_eq!(found.len(), 1);
         let four = &found[&SessionId::new(4).unwrap()];
         assert_eq!(
@@ -202,6 +210,6 @@ mod tests {
 
     #[test]
     fn an_empty_answer_finds_nothing() {
-        assert!(sessions_asked_for(&ids(&[1, 2]), Vec::new(), Utc::now()).is_empty());
+        assert!(sessions_asked_for(&ids(&[1, 2]), Vec::new(), Utc::now(), Utc::now()).is_empty());
     }
 }

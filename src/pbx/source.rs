@@ -4,7 +4,6 @@
 //! concurrency cap and retries; "not found" (only `get` says it) becomes
 //! `Answer::Missing`, every other error a `FetchError`.
 
-use chrono::Utc;
 use futures_util::future::join_all;
 
 use super::{PbxClient, PbxError};
@@ -13,16 +12,10 @@ use crate::processing::{Answer, FetchError};
 use crate::session::SessionId;
 
 impl PbxClient {
-    /// Fetches one session as an answer: found, or missing.
+    /// Fetches one session as an answer: found, or missing, stamped with
+    /// when the request that got it was sent.
     pub async fn answer(&self, id: SessionId) -> Result<Answer, PbxError> {
-        match self.fetch_session(id).await {
-            Ok(fetched) => Ok(Answer::Found(Box::new(fetched))),
-            Err(PbxError::NotFound) => Ok(Answer::Missing {
-                id,
-                seen_at: Utc::now(),
-            }),
-            Err(e) => Err(e),
-        }
+        self.fetch_answer(id).await
     }
 }
 

@@ -66,6 +66,7 @@ impl TokenCache {
         if let Some(old) = state.token.take()
             && now < old.refresh_expires_at
         {
+            api.budget().admit().await;
             match api.refresh_token(&old.refresh).await {
                 Ok(fresh) => {
                     self.status.granted();
@@ -122,6 +123,7 @@ impl TokenCache {
         {
             return Err(last.clone());
         }
+        api.budget().admit().await;
         match api.get_token(&self.client_id, &self.client_secret).await {
             Ok(token) => {
                 if state.refused_logins > 0 {

@@ -80,7 +80,11 @@ impl SessionSource for FakeSource {
                     let fetched_at = Utc.timestamp_opt(i64::try_from(call).unwrap(), 0).unwrap();
                     answers.push((
                         id,
-                        Ok(Answer::Found(Box::new(FetchedSession { info, fetched_at }))),
+                        Ok(Answer::Found(Box::new(FetchedSession {
+                            info,
+                            requested_at: fetched_at,
+                            fetched_at,
+                        }))),
                     ));
                 }
             }

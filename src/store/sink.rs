@@ -115,6 +115,7 @@ mod tests {
         (1..=n)
             .map(|id| Answer::Missing {
                 id: SessionId::new(id).expect("positive"),
+                requested_at: Utc::now(),
                 seen_at: Utc::now(),
             })
             .collect()

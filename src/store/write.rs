@@ -1,13 +1,14 @@
 //! The batch write: one transaction, one multi-row `UNNEST` upsert per
-//! table, rows locked in key order, and the stale-write guard (an answer
-//! older than the stored one changes nothing).
+//! table, rows locked in key order, and the stale-write guard (an answer to
+//! a request sent before the stored answer's changes nothing; of two
+//! requests sent at the same instant, the later answer wins).
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 
 use super::{Store, StoreError};
 use crate::metrics::{self, DbWrite};
-use crate::processing::{Answer, BatchResult, newest_per_session};
+use crate::processing::{Answer, BatchResult, Recency, newest_per_session};
 use crate::session::FetchedSession;
 
 impl Store {
@@ -15,7 +16,8 @@ impl Store {
     /// table (multi-row `UNNEST` upserts). The batch may hold one session
     /// several times: only its newest answer is written, the others are
     /// `Superseded`. Rows are written in key order, so concurrent batches
-    /// cannot deadlock; an answer older than the stored one is `Stale`.
+    /// cannot deadlock; an answer to a request sent before the stored
+    /// answer's is `Stale`, however late it arrived.
     pub async fn write_batch(
         &self,
         pbx: &str,
@@ -29,10 +31,10 @@ impl Store {
                 Answer::Missing { .. } => None,
             })
             .collect();
-        let missing: Vec<(i64, DateTime<Utc>)> = newest
+        let missing: Vec<(i64, Recency)> = newest
             .iter()
             .filter_map(|&i| match &answers[i] {
-                Answer::Missing { id, seen_at } => Some((id.get(), *seen_at)),
+                Answer::Missing { id, .. } => Some((id.get(), answers[i].recency())),
                 Answer::Found(_) => None,
             })
             .collect();
@@ -72,8 +74,9 @@ impl Store {
     }
 }
 
-/// Upserts session rows (unique, in key order) unless a newer answer is
-/// stored; returns the ids written.
+/// Upserts session rows (unique, in key order) unless the stored answer's
+/// request was sent later (or at the same instant and answered later);
+/// returns the ids written.
 async fn upsert_sessions(
     tx: &mut Transaction<'_, Postgres>,
     pbx: &str,
@@ -95,15 +98,16 @@ async fn upsert_sessions(
         .collect();
     let raws: Vec<serde_json::Value> = sessions.iter().map(|s| s.info.raw.clone()).collect();
     let fetched_at: Vec<DateTime<Utc>> = sessions.iter().map(|s| s.fetched_at).collect();
+    let requested_at: Vec<DateTime<Utc>> = sessions.iter().map(|s| s.requested_at).collect();
     let written: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO message_sessions AS m (
              pbx, session_id, channel_type, channel_name, did_number, to_number, origin,
              page_name, website_domain, customer_user_type, customer_user_no,
              prechat_name, prechat_email, prechat_phone, prechat_first_name, prechat_last_name,
-             raw, fetched_at)
+             raw, fetched_at, requested_at)
          SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
              $8::text[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[],
-             $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[])
+             $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::timestamptz[])
          ON CONFLICT (pbx, session_id) DO UPDATE SET
              channel_type = EXCLUDED.channel_type, channel_name = EXCLUDED.channel_name,
              did_number = EXCLUDED.did_number, to_number = EXCLUDED.to_number,
@@ -116,8 +120,8 @@ async fn upsert_sessions(
              prechat_first_name = EXCLUDED.prechat_first_name,
              prechat_last_name = EXCLUDED.prechat_last_name,
              raw = EXCLUDED.raw, fetched_at = EXCLUDED.fetched_at,
-             missing_at = NULL, updated_at = now()
-         WHERE m.fetched_at <= EXCLUDED.fetched_at
+             requested_at = EXCLUDED.requested_at, missing_at = NULL, updated_at = now()
+         WHERE (m.requested_at, m.fetched_at) <= (EXCLUDED.requested_at, EXCLUDED.fetched_at)
          RETURNING session_id",
     )
     .bind(pbx)
@@ -138,13 +142,15 @@ async fn upsert_sessions(
     .bind(column(|s| s.info.pre_chat.last_name.clone()))
     .bind(&raws)
     .bind(&fetched_at)
+    .bind(&requested_at)
     .fetch_all(&mut **tx)
     .await?;
     Ok(written.into_iter().collect())
 }
 
 /// Upserts the customers of written sessions, one row per customer (the
-/// newest answer), in key order.
+/// newest answer by request time, then answer time), in key order, with the
+/// same stale guard as the sessions.
 async fn upsert_customers(
     tx: &mut Transaction<'_, Postgres>,
     pbx: &str,
@@ -152,15 +158,16 @@ async fn upsert_customers(
 ) -> Result<(), StoreError> {
     let mut customers: std::collections::BTreeMap<
         (i32, &str),
-        (&crate::session::Customer, DateTime<Utc>),
+        (&crate::session::Customer, Recency),
     > = Default::default();
     for s in sessions {
         if let Some(c) = &s.info.customer {
+            let recency = (s.requested_at, s.fetched_at);
             let entry = customers
                 .entry((c.user_type, c.user_no.as_str()))
-                .or_insert((c, s.fetched_at));
-            if s.fetched_at > entry.1 {
-                *entry = (c, s.fetched_at);
+                .or_insert((c, recency));
+            if recency > entry.1 {
+                *entry = (c, recency);
             }
         }
     }
@@ -169,12 +176,13 @@ async fn upsert_customers(
     }
     let rows: Vec<_> = customers.values().collect();
     sqlx::query(
-        "INSERT INTO customers AS c (pbx, user_type, user_no, username, avatar, fetched_at)
-         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+        "INSERT INTO customers AS c (pbx, user_type, user_no, username, avatar, requested_at, fetched_at)
+         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[])
          ON CONFLICT (pbx, user_type, user_no) DO UPDATE
            SET username = EXCLUDED.username, avatar = EXCLUDED.avatar,
-               fetched_at = EXCLUDED.fetched_at, updated_at = now()
-         WHERE c.fetched_at <= EXCLUDED.fetched_at",
+               requested_at = EXCLUDED.requested_at, fetched_at = EXCLUDED.fetched_at,
+               updated_at = now()
+         WHERE (c.requested_at, c.fetched_at) <= (EXCLUDED.requested_at, EXCLUDED.fetched_at)",
     )
     .bind(pbx)
     .bind(rows.iter().map(|(c, _)| c.user_type).collect::<Vec<i32>>())
@@ -195,7 +203,12 @@ async fn upsert_customers(
     )
     .bind(
         rows.iter()
-            .map(|(_, at)| *at)
+            .map(|(_, (requested_at, _))| *requested_at)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(_, (_, fetched_at))| *fetched_at)
             .collect::<Vec<DateTime<Utc>>>(),
     )
     .execute(&mut **tx)
@@ -265,26 +278,40 @@ async fn replace_agent_sets(
     Ok(())
 }
 
-/// Marks sessions missing (unless a newer answer is stored) and removes
-/// their pending agents; returns the ids marked.
+/// Marks sessions missing (unless the stored answer's request was sent
+/// later, as in `upsert_sessions`) and removes their pending agents;
+/// returns the ids marked. `missing` holds (id, (requested_at, seen_at)).
 async fn mark_batch_missing(
     tx: &mut Transaction<'_, Postgres>,
     pbx: &str,
-    missing: &[(i64, DateTime<Utc>)],
+    missing: &[(i64, Recency)],
 ) -> Result<std::collections::HashSet<i64>, StoreError> {
     if missing.is_empty() {
         return Ok(Default::default());
     }
     let marked: Vec<i64> = sqlx::query_scalar(
         "UPDATE message_sessions m
-            SET missing_at = COALESCE(m.missing_at, u.seen_at), fetched_at = u.seen_at, updated_at = now()
-           FROM UNNEST($2::bigint[], $3::timestamptz[]) AS u(session_id, seen_at)
-          WHERE m.pbx = $1 AND m.session_id = u.session_id AND m.fetched_at <= u.seen_at
+            SET missing_at = COALESCE(m.missing_at, u.seen_at), requested_at = u.requested_at,
+                fetched_at = u.seen_at, updated_at = now()
+           FROM UNNEST($2::bigint[], $3::timestamptz[], $4::timestamptz[]) AS u(session_id, requested_at, seen_at)
+          WHERE m.pbx = $1 AND m.session_id = u.session_id
+            AND (m.requested_at, m.fetched_at) <= (u.requested_at, u.seen_at)
          RETURNING m.session_id",
     )
     .bind(pbx)
     .bind(missing.iter().map(|(id, _)| *id).collect::<Vec<i64>>())
-    .bind(missing.iter().map(|(_, at)| *at).collect::<Vec<DateTime<Utc>>>())
+    .bind(
+        missing
+            .iter()
+            .map(|(_, (requested_at, _))| *requested_at)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
+    .bind(
+        missing
+            .iter()
+            .map(|(_, (_, seen_at))| *seen_at)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
     .fetch_all(&mut **tx)
     .await?;
     if !marked.is_empty() {

@@ -266,10 +266,12 @@ async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
     let t_new = t_old + chrono::Duration::milliseconds(5);
     let older = FetchedSession {
         info: SessionInfo::decode(queued(70, &[(1, "Old A"), (2, "Old B")])).unwrap(),
+        requested_at: t_old,
         fetched_at: t_old,
     };
     let newer = FetchedSession {
         info: SessionInfo::decode(queued(70, &[(3, "New C")])).unwrap(),
+        requested_at: t_new,
         fetched_at: t_new,
     };
     let write = |store: session_enricher::store::Store, fetched: FetchedSession| async move {

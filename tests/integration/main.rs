@@ -11,6 +11,7 @@ mod failures;
 mod helpers;
 mod intake;
 mod operations;
+mod ordering;
 mod pbx_client;
 mod pbx_query;
 mod pipeline;

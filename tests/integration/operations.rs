@@ -364,6 +364,7 @@ fn the_pbx_settings_never_print_the_client_secret() {
         },
         login_retry_min: Duration::from_secs(60),
         query_batch: 20,
+        max_rps: None,
     };
     let printed = format!("{settings:?} {settings:#?}");
     assert!(!printed.contains("client-secret-77c1"), "{printed}");

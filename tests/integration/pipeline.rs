@@ -92,6 +92,7 @@ async fn a_burst_for_one_session_costs_at_most_two_fetches() {
 fn fetched(id: i64, agents: &[i64], username: &str, at: DateTime<Utc>) -> Answer {
     Answer::Found(Box::new(FetchedSession {
         info: SessionInfo::decode(queued(id, agents, username)).unwrap(),
+        requested_at: at,
         fetched_at: at,
     }))
 }
@@ -112,6 +113,7 @@ async fn a_batch_writes_each_key_once_keeping_the_newest_answer() {
         fetched(2, &[21], "two-old", t + ms(1)),
         Answer::Missing {
             id: SessionId::new(3).unwrap(),
+            requested_at: t,
             seen_at: t,
         },
     ];

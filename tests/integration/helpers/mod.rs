@@ -13,7 +13,7 @@
 //! | `queues` | publishing, reading and counting queues; dead letters |
 //! | `db` | row reads shared by tests |
 //! | `intake` | the intake under test and its HTTP client: `RunningIntake`, `Answer` |
-//! | `proxy` | `Proxy`: one TCP proxy to cut, stall or hold a link to RabbitMQ or Postgres |
+//! | `proxy` | `Proxy`: one TCP proxy to cut, stall or hold a link to RabbitMQ, Postgres or the PBX |
 //! | `wait` | `wait_until`, `wait_for`: poll with a deadline |
 //! | `fixtures` | `PBX`, `WEBHOOK_SECRET`, `new_message_event` |
 //!

@@ -1,6 +1,7 @@
 //! `Proxy`: the one TCP proxy a test puts between a client under test (the
-//! worker, the intake) and RabbitMQ or Postgres, to play a link failing
-//! without touching the shared services. It is always in one mode:
+//! worker, the intake) and RabbitMQ, Postgres or a PBX simulator, to play a
+//! link failing without touching the shared services. It is always in one
+//! mode:
 //!
 //! | mode | new connections | open connections |
 //! |---|---|---|
@@ -13,6 +14,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use session_enricher::simulator::Simulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -66,6 +68,12 @@ impl Proxy {
     /// A forwarding proxy to the Postgres server the tests use.
     pub async fn postgres() -> Self {
         Self::start(database_url(), 5432).await
+    }
+
+    /// A forwarding proxy to a PBX simulator: `url()` is the
+    /// `YEASTAR_BASE_URL` through it.
+    pub async fn pbx(sim: &Simulator) -> Self {
+        Self::start(sim.base_url(), 80).await
     }
 
     async fn start(service_url: String, default_port: u16) -> Self {

@@ -54,6 +54,7 @@ impl TestEnv {
             },
             login_retry_min: Duration::from_secs(60),
             query_batch: 20,
+            max_rps: None,
         }
     }
 

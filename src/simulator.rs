@@ -77,6 +77,10 @@ pub struct SimulatorStats {
     pub revocations: u64,
     /// `message_session/get` calls.
     pub session_requests: u64,
+    /// `message_session/query` calls.
+    pub query_requests: u64,
+    /// Session ids asked for, over `get` (one each) and `query`.
+    pub ids_requested: u64,
     /// Access tokens valid now.
     pub live_tokens: usize,
 }
@@ -362,6 +366,7 @@ async fn message_session(
     let fault = {
         let mut state = lock(&shared.state);
         state.stats.session_requests += 1;
+        state.stats.ids_requested += 1;
         state.session_faults.pop_front()
     };
     pause(&shared, fault.as_ref()).await;

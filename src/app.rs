@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerSettings;
+pub use crate::config::RunPlan;
 use crate::config::{Command, ConfigError};
 use crate::health::{self, HealthServer, ReadinessChecks};
 use crate::intake::{Intake, IntakeSettings};
@@ -23,16 +24,6 @@ use crate::simulator::{Simulator, SimulatorSettings};
 use crate::store::{Store, StoreSettings, StoreSink};
 use crate::worker::{Worker, WorkerSettings};
 use crate::{demo, report};
-
-/// The worker (`run`), configured.
-pub struct RunPlan {
-    pub store: StoreSettings,
-    pub broker: BrokerSettings,
-    pub pbx: PbxSettings,
-    pub worker: WorkerSettings,
-    pub http_addr: SocketAddr,
-    pub migrate: bool,
-}
 
 /// A command with its configuration validated; nothing connected yet.
 // One value per process: the size difference between variants is moot.
@@ -71,18 +62,7 @@ impl Plan {
     /// Validates the command's configuration without opening a connection.
     pub fn from_command(command: Command) -> Result<Self, ConfigError> {
         Ok(match command {
-            Command::Run(args) => Plan::Run(RunPlan {
-                store: args.store.settings()?,
-                broker: args.broker.settings()?,
-                pbx: args.pbx.settings()?,
-                worker: args.worker.settings(
-                    &args.pbx.yeastar_pbx_id,
-                    usize::from(args.pbx.pbx_concurrency),
-                    usize::from(args.pbx.query_batch),
-                )?,
-                http_addr: args.http.http_addr,
-                migrate: !args.no_migrate,
-            }),
+            Command::Run(args) => Plan::Run(args.plan()?),
             Command::Migrate(store) => Plan::Migrate {
                 store: store.settings()?,
             },
@@ -112,20 +92,7 @@ impl Plan {
                     },
                 }
             }
-            Command::Bench(args) => Plan::Bench(crate::bench::BenchSettings {
-                database_url: args.store.settings()?.url,
-                amqp_url: args.amqp.amqp_url,
-                events: args.events.max(1),
-                sessions: args.sessions.max(1),
-                naive_events: args.naive_events.max(1),
-                rate: args.rate.max(1),
-                seconds: args.seconds.max(1),
-                latency: std::time::Duration::from_millis(args.latency_ms),
-                pbx_concurrency: usize::from(args.pbx_concurrency.max(1)),
-                prefetch: args.prefetch.max(1),
-                batch_max: args.batch_max.max(1) as usize,
-                db_writers: args.db_writers.max(1) as usize,
-            }),
+            Command::Bench(args) => Plan::Bench(crate::bench::BenchSettings::from_args(args)?),
             Command::Demo(args) => Plan::Demo {
                 store: args.store.settings()?,
                 broker: crate::config::broker_settings(&args.amqp.amqp_url, &args.queue, 50)?,

@@ -96,22 +96,18 @@ pub const SIMULATOR_ERROR_RATE: f64 = 0.0;
 /// `DEMO_QUEUE`.
 pub const DEMO_QUEUE: &str = "session-enricher.demo";
 
-// The bench (flags only; its batch size and writers are the worker's).
+// The bench (flags only; its worker runs with the worker's defaults above).
 
 /// `bench --events`.
 pub const BENCH_EVENTS: u64 = 100_000;
 /// `bench --sessions`.
 pub const BENCH_SESSIONS: u64 = 10_000;
-/// `bench --naive-events`.
-pub const BENCH_NAIVE_EVENTS: u64 = 500;
+/// `bench --active`: conversations active at once in the interleaved
+/// workload.
+pub const BENCH_ACTIVE_SESSIONS: u64 = 50;
 /// `bench --rate`, events per second.
 pub const BENCH_RATE: u64 = 1_000;
 /// `bench --seconds`.
 pub const BENCH_SECONDS: u64 = 30;
 /// `bench --latency-ms`.
 pub const BENCH_LATENCY_MS: u64 = 20;
-/// `bench --pbx-concurrency`.
-pub const BENCH_PBX_CONCURRENCY: u16 = 64;
-/// `bench --prefetch`: enough to keep every PBX call busy with bursts of
-/// ten.
-pub const BENCH_PREFETCH: u16 = 2000;

@@ -1,8 +1,9 @@
 //! The operations endpoint on `ENRICHER_HTTP_ADDR`: `GET /healthz`
 //! (liveness), `GET /readyz` (readiness, with a short JSON reason when not
 //! ready) and `GET /metrics` (Prometheus). Also `probe`, the client side of
-//! `session-enricher healthcheck`, for images without curl. It reads state;
-//! it never changes what the worker does.
+//! `session-enricher healthcheck`, for images without curl, and `fetch`,
+//! the same with the body. It reads state; it never changes what the worker
+//! does.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -200,33 +201,40 @@ pub enum ProbeError {
 /// `0.0.0.0` means this host), returning the HTTP status. Used by
 /// `session-enricher healthcheck`, so images need no curl.
 pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, ProbeError> {
+    fetch(addr, path, timeout).await.map(|(status, _)| status)
+}
+
+/// `GET path` as `probe` does, returning the status and the body (`bench`
+/// reads its worker's `/metrics` with it).
+pub async fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), ProbeError> {
     let addr = local_target(addr);
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
-        let mut head = Vec::with_capacity(64);
-        let mut buf = [0u8; 64];
-        while !head.contains(&b'\n') {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(head)
+        let mut response = Vec::with_capacity(4096);
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
     };
-    let head = match tokio::time::timeout(timeout, exchange).await {
+    let response = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return Err(ProbeError::Timeout { addr, timeout }),
         Ok(Err(source)) => return Err(ProbeError::Io { addr, source }),
-        Ok(Ok(head)) => head,
+        Ok(Ok(response)) => String::from_utf8_lossy(&response).into_owned(),
     };
     // "HTTP/1.1 200 OK"
-    String::from_utf8_lossy(&head)
+    let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or(ProbeError::NotHttp { addr })
+        .ok_or(ProbeError::NotHttp { addr })?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, body)| body.to_owned());
+    Ok((status, body))
 }
 
 fn local_target(addr: SocketAddr) -> SocketAddr {

@@ -1,11 +1,14 @@
 //! Helpers for `bench`, `demo` and the tests, on the worker's `Broker`:
 //! publishing to a queue (one, stamped, or many pipelined), consuming and
-//! acking without processing, taking a message off a queue, deleting a
+//! acking without processing (one by one, or in runs with `multiple`),
+//! taking a message off a queue, deleting a
 //! scratch topology. Neither the production worker nor the intake uses
 //! any of them; they never touch a queue the caller did not name.
 
-use futures_util::StreamExt;
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, PublisherConfirm};
 
@@ -80,6 +83,62 @@ impl Broker {
                 }
                 None => return Err(refused("consuming", "the consumer ended early".into())),
             }
+        }
+        self.cancel(consumer_tag).await
+    }
+
+    /// Consumes `count` deliveries from `queue` with `prefetch` and acks
+    /// them in runs: each delivery already arrived joins the run (up to half
+    /// the prefetch, so the broker keeps sending), and one `basic.ack` with
+    /// `multiple` settles the run. The broker's own limit when acks cost
+    /// nothing (bench ceiling).
+    pub async fn consume_and_ack_in_runs(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        consumer_tag: &str,
+        count: u64,
+    ) -> Result<(), BrokerError> {
+        self.consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(failed("setting the prefetch"))?;
+        let mut deliveries = self
+            .consume
+            .basic_consume(
+                ShortString::from(queue),
+                ShortString::from(consumer_tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed("starting the consumer"))?;
+        let ended = || refused("consuming", "the consumer ended early".into());
+        let longest_run = u64::from(prefetch / 2).max(1);
+        let mut taken = 0;
+        while taken < count {
+            let mut last = deliveries
+                .next()
+                .await
+                .ok_or_else(ended)?
+                .map_err(failed("receiving"))?;
+            taken += 1;
+            let mut run = 1;
+            while taken < count && run < longest_run {
+                match deliveries.next().now_or_never() {
+                    None => break,
+                    Some(None) => return Err(ended()),
+                    Some(Some(delivery)) => {
+                        last = delivery.map_err(failed("receiving"))?;
+                        taken += 1;
+                        run += 1;
+                    }
+                }
+            }
+            last.acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(failed("ack"))?;
         }
         self.cancel(consumer_tag).await
     }

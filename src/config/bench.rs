@@ -1,4 +1,5 @@
-//! `BenchArgs` (`bench`): the sizes of the benchmark runs (see
+//! `BenchArgs` (`bench`): the sizes of the benchmark runs, and the flags
+//! its worker (`run`) gets; none means the worker's defaults (see
 //! BENCHMARKS.md). Never used by the worker.
 
 use clap::Args;
@@ -13,15 +14,16 @@ pub struct BenchArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub amqp: AmqpUrlArgs,
-    /// Events in the ceiling and worker runs.
+    /// Events in each workload (and in the ceiling runs).
     #[arg(long, default_value_t = defaults::BENCH_EVENTS)]
     pub events: u64,
-    /// Distinct sessions in the worker run (the events come in bursts).
+    /// Distinct sessions in each workload, `events / sessions` events each.
     #[arg(long, default_value_t = defaults::BENCH_SESSIONS)]
     pub sessions: u64,
-    /// Events in the naive run.
-    #[arg(long, default_value_t = defaults::BENCH_NAIVE_EVENTS)]
-    pub naive_events: u64,
+    /// Sessions active at once in the interleaved workload: their events
+    /// take turns (1, 2, … N, 1, 2, … N, …), then the next N sessions.
+    #[arg(long, default_value_t = defaults::BENCH_ACTIVE_SESSIONS)]
+    pub active: u64,
     /// Events per second in the latency run.
     #[arg(long, default_value_t = defaults::BENCH_RATE)]
     pub rate: u64,
@@ -31,17 +33,11 @@ pub struct BenchArgs {
     /// The simulated PBX's latency per call, in milliseconds.
     #[arg(long, default_value_t = defaults::BENCH_LATENCY_MS)]
     pub latency_ms: u64,
-    /// PBX calls in flight (ENRICHER_PBX_CONCURRENCY).
-    #[arg(long, default_value_t = defaults::BENCH_PBX_CONCURRENCY)]
-    pub pbx_concurrency: u16,
-    /// Prefetch (ENRICHER_PREFETCH): enough to keep every PBX call busy
-    /// with bursts of ten.
-    #[arg(long, default_value_t = defaults::BENCH_PREFETCH)]
-    pub prefetch: u16,
-    /// Answers per write transaction (ENRICHER_BATCH_MAX).
-    #[arg(long, default_value_t = defaults::BATCH_MAX)]
-    pub batch_max: u32,
-    /// Write transactions in flight (ENRICHER_DB_WRITERS).
-    #[arg(long, default_value_t = defaults::DB_WRITERS)]
-    pub db_writers: u32,
+    /// Flags for the worker, after `--`, as `session-enricher run` takes
+    /// them (e.g. `-- --prefetch 2000 --pbx-concurrency 64`). Without any,
+    /// the worker runs with its defaults. The bench sets the database,
+    /// queue, PBX address and credentials, YEASTAR_PBX_ID and
+    /// ENRICHER_HTTP_ADDR itself.
+    #[arg(last = true, value_name = "RUN FLAGS")]
+    pub worker_flags: Vec<String>,
 }

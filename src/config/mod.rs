@@ -8,7 +8,7 @@
 //! - Argument groups, each validated into its part's settings: `store`
 //!   (`StoreArgs`), `broker` (`AmqpUrlArgs`, `BrokerArgs`), `pbx`
 //!   (`PbxArgs`), `worker` (`WorkerArgs`).
-//! - Commands: `run` (`RunArgs`, `HttpArgs`), `enrich`, `healthcheck`,
+//! - Commands: `run` (`RunArgs`, `HttpArgs`, validated into `RunPlan`), `enrich`, `healthcheck`,
 //!   `intake` (`IngestArgs` for `ingest`), `simulator` (`simulate-pbx`),
 //!   `demo`, `bench`; `migrate` is `StoreArgs` alone.
 
@@ -35,7 +35,7 @@ pub use enrich::EnrichArgs;
 pub use healthcheck::HealthcheckArgs;
 pub use intake::IngestArgs;
 pub use pbx::PbxArgs;
-pub use run::{HttpArgs, RunArgs};
+pub use run::{HttpArgs, RunArgs, RunPlan};
 pub use simulator::SimulatorArgs;
 pub use store::StoreArgs;
 pub use worker::WorkerArgs;

@@ -94,6 +94,18 @@ fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
 }
 
 #[test]
+fn the_bench_refuses_a_bad_worker_flag_in_one_line_before_connecting() {
+    let output = unreachable_services(binary().args(["bench", "--", "--prefetch", "0"]))
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("the worker's flags"), "{err}");
+    assert!(err.contains("--prefetch"), "{err}");
+}
+
+#[test]
 fn help_documents_every_variable_without_showing_secrets() {
     let output = binary()
         .args(["run", "--help"])

@@ -85,10 +85,18 @@ impl Outcomes {
 }
 
 impl WorkerProcess {
-    /// Starts `session-enricher <args>` with the bench's environment minus
-    /// `NOT_INHERITED`; its log (stderr) goes to `log`.
-    pub fn start(args: &[String], http_addr: SocketAddr, log: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("finding this binary")?;
+    /// Starts `<exe, or this binary> <args>` with the bench's environment
+    /// minus `NOT_INHERITED`; its log (stderr) goes to `log`.
+    pub fn start(
+        exe: Option<&Path>,
+        args: &[String],
+        http_addr: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let exe = match exe {
+            Some(exe) => exe.to_owned(),
+            None => std::env::current_exe().context("finding this binary")?,
+        };
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("creating the worker's log {}", log.display()))?;
         let mut command = Command::new(exe);

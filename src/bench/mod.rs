@@ -62,6 +62,8 @@ pub struct BenchSettings {
     /// Flags for the worker's `run`, after the bench's own (none: its
     /// defaults).
     pub worker_flags: Vec<String>,
+    /// The worker binary of the drains (`None`: this one).
+    pub worker_bin: Option<std::path::PathBuf>,
 }
 
 impl BenchSettings {
@@ -78,6 +80,7 @@ impl BenchSettings {
             seconds: args.seconds.max(1),
             latency: Duration::from_millis(args.latency_ms),
             worker_flags: args.worker_flags,
+            worker_bin: args.worker_bin,
         };
         let wiring = Wiring {
             database_url: settings.database_url.clone(),
@@ -448,7 +451,12 @@ impl Bench<'_> {
         let before = self.simulator.stats();
         let log =
             std::env::temp_dir().join(format!("session-enricher-bench-{}-{slug}.log", self.run_id));
-        let mut worker = WorkerProcess::start(&args, wiring.http_addr, &log)?;
+        let mut worker = WorkerProcess::start(
+            self.settings.worker_bin.as_deref(),
+            &args,
+            wiring.http_addr,
+            &log,
+        )?;
         let started = worker.ready(STARTUP).await?;
         let (finished, outcomes) = worker.settled(workload.events(), STALL).await?;
         let peak_rss_kib = worker.peak_rss_kib();

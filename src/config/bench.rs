@@ -40,4 +40,9 @@ pub struct BenchArgs {
     /// ENRICHER_HTTP_ADDR itself.
     #[arg(last = true, value_name = "RUN FLAGS")]
     pub worker_flags: Vec<String>,
+    /// The worker binary the drains run (default: this one), e.g. an
+    /// earlier release's, for a before/after on the same bench. The latency
+    /// run is always this build's.
+    #[arg(long, value_name = "PATH")]
+    pub worker_bin: Option<std::path::PathBuf>,
 }

@@ -148,6 +148,10 @@ const SETTINGS: PipelineSettings = PipelineSettings {
 };
 
 fn start(settings: PipelineSettings) -> Harness {
+    start_with(settings, Duration::from_millis(3))
+}
+
+fn start_with(settings: PipelineSettings, write_latency: Duration) -> Harness {
     let log = Log::default();
     let source = Arc::new(FakeSource {
         latency: Duration::from_millis(20),
@@ -157,7 +161,7 @@ fn start(settings: PipelineSettings) -> Harness {
         scripted: Mutex::default(),
     });
     let sink = Arc::new(FakeSink {
-        latency: Duration::from_millis(3),
+        latency: write_latency,
         batches: Mutex::default(),
         log: log.clone(),
         scripted: Mutex::default(),
@@ -482,4 +486,28 @@ async fn a_session_in_flight_is_not_asked_for_again_in_the_next_batch() {
     assert!(h.log.position("fetch 2 #2") > h.log.position("submit a2 b"));
     assert!(h.log.position("fetch 1 #3") > h.log.position("answered 1 #1"));
     assert!(h.log.position("done a2") > h.log.position("write 1 #3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_arriving_while_every_writer_is_busy_go_out_in_one_batch() {
+    // One writer, slow commits: session 1's batch is being written while
+    // the answers of sessions 2..=41 arrive (in two fetches, 20 ms apart);
+    // they wait for the writer and go in one batch, not in one batch per
+    // linger.
+    let mut h = start_with(
+        PipelineSettings {
+            writers: 1,
+            ..SETTINGS
+        },
+        Duration::from_millis(100),
+    );
+    h.pipeline.submit([(id(1), "first")]);
+    tokio::time::sleep(Duration::from_millis(25)).await; // its write started
+    h.pipeline.submit((2..=21).map(|n| (id(n), "early")));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.pipeline.submit((22..=41).map(|n| (id(n), "late")));
+
+    h.finished(41).await;
+
+    assert_eq!(h.sink.batches.lock().unwrap().clone(), vec![1, 40]);
 }

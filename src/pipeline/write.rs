@@ -1,6 +1,7 @@
-//! The batching writer: gathers answers for up to the linger, writes them
-//! through the `AnswerSink` (a few batches in flight), and hands every
-//! covered event back with what its answer became.
+//! The batching writer: once a writer is free, gathers answers (what is
+//! queued, then more for up to the linger), writes them through the
+//! `AnswerSink` (a few batches in flight), and hands every covered event
+//! back with what its answer became.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -22,12 +23,25 @@ pub(super) async fn writer<T: Send + 'static, W: AnswerSink>(
     let in_flight = Arc::new(Semaphore::new(settings.writers.max(1)));
     let mut writes = JoinSet::new();
     loop {
-        // Block for the first answer, then gather more for up to the linger.
+        // A writer first: while every writer is busy, answers pile up in
+        // the queue and the next batch takes them all at once (the busier
+        // the database, the bigger the batches).
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        // Block for the first answer, take what else is queued, then gather
+        // more for up to the linger.
         let Some(first) = queue.recv().await else {
             break;
         };
         let mut batch = Vec::with_capacity(settings.batch_max);
         batch.push(first);
+        while batch.len() < settings.batch_max {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
         let deadline = tokio::time::Instant::now() + settings.batch_linger;
         while batch.len() < settings.batch_max {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
@@ -35,9 +49,6 @@ pub(super) async fn writer<T: Send + 'static, W: AnswerSink>(
                 Ok(None) | Err(_) => break,
             }
         }
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
-        };
         let (shared, sink) = (Arc::clone(&shared), Arc::clone(&sink));
         writes.spawn(async move {
             write(&*sink, &shared, batch).await;

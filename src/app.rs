@@ -88,6 +88,7 @@ impl Plan {
                         latency: std::time::Duration::from_millis(args.latency_ms),
                         token_ttl: std::time::Duration::from_secs(args.token_ttl),
                         error_rate: args.error_rate,
+                        listed_sessions: args.listed_sessions,
                         ..SimulatorSettings::default()
                     },
                 }

@@ -90,6 +90,9 @@ pub const SIMULATOR_LATENCY_MS: u64 = 20;
 pub const SIMULATOR_TOKEN_TTL: u64 = 1800;
 /// `SIMULATOR_ERROR_RATE`.
 pub const SIMULATOR_ERROR_RATE: f64 = 0.0;
+/// `SIMULATOR_LISTED_SESSIONS`: synthetic sessions `message_session/list`
+/// lists (ids 1 to this).
+pub const SIMULATOR_LISTED_SESSIONS: u64 = 0;
 
 // The demo.
 

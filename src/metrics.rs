@@ -72,6 +72,7 @@ label_values! {
         DelToken => "del_token",
         MessageSessionGet => "message_session_get",
         MessageSessionQuery => "message_session_query",
+        MessageSessionList => "message_session_list",
     }
 }
 
@@ -455,7 +456,8 @@ impl Metrics {
             PbxEndpoint::RefreshToken => RenewalMethod::Refresh,
             PbxEndpoint::DelToken
             | PbxEndpoint::MessageSessionGet
-            | PbxEndpoint::MessageSessionQuery => return,
+            | PbxEndpoint::MessageSessionQuery
+            | PbxEndpoint::MessageSessionList => return,
         };
         self.pbx_token_renewals
             .get_or_create(&RenewalLabels { method, result })

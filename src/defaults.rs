@@ -66,6 +66,11 @@ pub const BATCH_LINGER_MS: u64 = 5;
 pub const DB_WRITERS: u32 = 4;
 /// `ENRICHER_HTTP_ADDR`.
 pub const HTTP_ADDR: &str = "0.0.0.0:9090";
+/// `ENRICHER_RECONCILE_INTERVAL_S`: 0, no periodic reconciliation.
+pub const RECONCILE_INTERVAL_SECS: u64 = 0;
+/// `ENRICHER_RECONCILE_PAGE_SIZE`: sessions per `message_session/list`
+/// page (`run` and `reconcile`).
+pub const RECONCILE_PAGE_SIZE: u16 = 100;
 
 // The intake (`ingest`).
 

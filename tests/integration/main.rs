@@ -16,4 +16,5 @@ mod pbx_client;
 mod pbx_list;
 mod pbx_query;
 mod pipeline;
+mod reconcile;
 mod reliability;

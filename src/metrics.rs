@@ -391,7 +391,7 @@ impl Metrics {
         );
         r.register(
             "enricher_pbx_fetches_in_flight",
-            "message_session/get and /query calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
+            "message_session/get, /query and /list calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
             self.pbx_fetches_in_flight.clone(),
         );
         r.register(

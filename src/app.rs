@@ -1,6 +1,6 @@
 //! The commands: turns validated configuration into running parts (store,
-//! PBX client, broker, worker, webhook intake) and runs one command to its
-//! exit code.
+//! PBX client, broker, worker, webhook intake, reconciliation) and runs one
+//! command to its exit code.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -19,6 +19,7 @@ use crate::outcome::OutcomeCounts;
 use crate::pbx::{PbxClient, PbxError, PbxSettings};
 use crate::pipeline::AnswerSink;
 use crate::processing::BatchResult;
+use crate::reconcile::{ReconcileSettings, Reconciler, Run};
 use crate::session::SessionId;
 use crate::simulator::{Simulator, SimulatorSettings};
 use crate::store::{Store, StoreSettings, StoreSink};
@@ -38,6 +39,13 @@ pub enum Plan {
         pbx: PbxSettings,
         pbx_id: String,
         ids: Vec<SessionId>,
+        migrate: bool,
+    },
+    Reconcile {
+        store: StoreSettings,
+        pbx: PbxSettings,
+        pbx_id: String,
+        settings: ReconcileSettings,
         migrate: bool,
     },
     SimulatePbx {
@@ -73,6 +81,13 @@ impl Plan {
                 ids: args.session_ids,
                 migrate: !args.no_migrate,
             },
+            Command::Reconcile(args) => Plan::Reconcile {
+                store: args.store.settings()?,
+                pbx: args.pbx.settings()?,
+                pbx_id: args.pbx.yeastar_pbx_id.clone(),
+                settings: args.page.settings()?,
+                migrate: !args.no_migrate,
+            },
             Command::SimulatePbx(args) => {
                 if !(0.0..=1.0).contains(&args.error_rate) {
                     return Err(ConfigError {
@@ -88,6 +103,7 @@ impl Plan {
                         latency: std::time::Duration::from_millis(args.latency_ms),
                         token_ttl: std::time::Duration::from_secs(args.token_ttl),
                         error_rate: args.error_rate,
+                        listed_sessions: args.listed_sessions,
                         ..SimulatorSettings::default()
                     },
                 }
@@ -126,6 +142,13 @@ impl Plan {
                 ids,
                 migrate,
             } => enrich(store, pbx, pbx_id, ids, migrate).await,
+            Plan::Reconcile {
+                store,
+                pbx,
+                pbx_id,
+                settings,
+                migrate,
+            } => reconcile(store, pbx, pbx_id, settings, migrate, shutdown).await,
             Plan::SimulatePbx { listen, settings } => {
                 let simulator = Simulator::start(listen, settings)
                     .await
@@ -284,6 +307,40 @@ async fn enrich(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `reconcile`: one run now, under the PBX's lock; prints what it did.
+/// Exit 0 only if it ran and was complete.
+async fn reconcile(
+    store: StoreSettings,
+    pbx: PbxSettings,
+    pbx_id: String,
+    settings: ReconcileSettings,
+    migrate: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&store, migrate)
+        .await
+        .context("opening the database")?;
+    let pbx = Arc::new(PbxClient::new(pbx).context("setting up the PBX client")?);
+    let reconciler = Reconciler::new(Arc::clone(&pbx), store.clone(), pbx_id.clone(), settings);
+    let run = reconciler.run_now(&shutdown).await;
+    pbx.revoke_token().await;
+    store.close().await;
+    match run.with_context(|| format!("reconciling PBX `{pbx_id}`"))? {
+        Run::Done(report) => {
+            print!("Reconciled PBX `{pbx_id}`: {report}");
+            Ok(if report.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Run::Busy | Run::NotDue => {
+            println!("PBX `{pbx_id}` is being reconciled by another process now; nothing done.");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Cancels the returned token on SIGTERM or SIGINT.

@@ -70,6 +70,11 @@ pub const BATCH_LINGER_MS: u64 = 5;
 pub const DB_WRITERS: u32 = 4;
 /// `ENRICHER_HTTP_ADDR`.
 pub const HTTP_ADDR: &str = "0.0.0.0:9090";
+/// `ENRICHER_RECONCILE_INTERVAL_S`: 0, no periodic reconciliation.
+pub const RECONCILE_INTERVAL_SECS: u64 = 0;
+/// `ENRICHER_RECONCILE_PAGE_SIZE`: sessions per `message_session/list`
+/// page (`run` and `reconcile`).
+pub const RECONCILE_PAGE_SIZE: u16 = 100;
 
 // The intake (`ingest`).
 
@@ -94,6 +99,9 @@ pub const SIMULATOR_LATENCY_MS: u64 = 20;
 pub const SIMULATOR_TOKEN_TTL: u64 = 1800;
 /// `SIMULATOR_ERROR_RATE`.
 pub const SIMULATOR_ERROR_RATE: f64 = 0.0;
+/// `SIMULATOR_LISTED_SESSIONS`: synthetic sessions `message_session/list`
+/// lists (ids 1 to this).
+pub const SIMULATOR_LISTED_SESSIONS: u64 = 0;
 
 // The demo.
 

@@ -20,6 +20,7 @@ pub mod outcome;
 pub mod pbx;
 pub mod pipeline;
 pub mod processing;
+pub mod reconcile;
 pub mod report;
 pub mod secret;
 pub mod session;

@@ -72,6 +72,7 @@ label_values! {
         DelToken => "del_token",
         MessageSessionGet => "message_session_get",
         MessageSessionQuery => "message_session_query",
+        MessageSessionList => "message_session_list",
     }
 }
 
@@ -110,6 +111,34 @@ label_values! {
         /// sessions marked missing (the worker's writer; `enrich` writes
         /// batches of one).
         Batch => "batch",
+    }
+}
+
+label_values! {
+    /// How a reconciliation run ended (see `reconcile`).
+    ReconcileResult {
+        /// Every listed session fetched and written.
+        Done => "done",
+        /// What was found was written, but the listing stopped early (a PBX
+        /// that ignores paging, the page cap, a shutdown) or some sessions
+        /// failed.
+        Incomplete => "incomplete",
+        /// The listing failed: nothing was reconciled.
+        Failed => "failed",
+        /// Another replica was reconciling this PBX (advisory lock held).
+        Skipped => "skipped",
+    }
+}
+
+label_values! {
+    /// What reconciliation did to a stored session.
+    ReconcileChange {
+        /// The session had no row.
+        Added => "added",
+        /// The stored Session_Info differed (or the row was marked missing).
+        Changed => "changed",
+        /// The PBX said the listed session does not exist.
+        Missing => "missing",
     }
 }
 
@@ -188,6 +217,16 @@ struct WebhookLabels {
     outcome: WebhookOutcome,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReconcileRunLabels {
+    result: ReconcileResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReconcileChangeLabels {
+    change: ReconcileChange,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Which process's series to export.
@@ -221,6 +260,8 @@ pub struct Metrics {
     ack_frames: Family<AckFrameLabels, Counter>,
     webhooks: Family<WebhookLabels, Counter>,
     intake_broker_ready: Gauge,
+    reconcile_runs: Family<ReconcileRunLabels, Counter>,
+    reconcile_sessions: Family<ReconcileChangeLabels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -269,6 +310,8 @@ impl Metrics {
             ack_frames: Family::default(),
             webhooks: Family::default(),
             intake_broker_ready: Gauge::default(),
+            reconcile_runs: Family::default(),
+            reconcile_sessions: Family::default(),
         };
         // Series with a fixed label set exist from the start, at zero, so
         // `increase()` sees their first event and dashboards show them.
@@ -293,6 +336,16 @@ impl Metrics {
         }
         for &outcome in WebhookOutcome::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { outcome });
+        }
+        for &result in ReconcileResult::ALL {
+            let _ = metrics
+                .reconcile_runs
+                .get_or_create(&ReconcileRunLabels { result });
+        }
+        for &change in ReconcileChange::ALL {
+            let _ = metrics
+                .reconcile_sessions
+                .get_or_create(&ReconcileChangeLabels { change });
         }
         metrics.register()
     }
@@ -338,7 +391,7 @@ impl Metrics {
         );
         r.register(
             "enricher_pbx_fetches_in_flight",
-            "message_session/get and /query calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
+            "message_session/get, /query and /list calls in flight (bounded by ENRICHER_PBX_CONCURRENCY)",
             self.pbx_fetches_in_flight.clone(),
         );
         r.register(
@@ -371,6 +424,16 @@ impl Metrics {
             "enricher_ack_frames",
             "basic.ack frames sent for the work queue's deliveries, by kind (single: one delivery; multiple: a run of finished deliveries)",
             self.ack_frames.clone(),
+        );
+        r.register(
+            "enricher_reconcile_runs",
+            "Reconciliation runs (message_session/list paged through, every open session fetched and upserted), by result (done, incomplete, failed; skipped = another replica held the lock)",
+            self.reconcile_runs.clone(),
+        );
+        r.register(
+            "enricher_reconcile_sessions",
+            "Sessions reconciliation found different from the stored rows, by change (added: no row; changed: another Session_Info; missing: listed, then not found)",
+            self.reconcile_sessions.clone(),
         );
         let r = &mut self.intake_registry;
         r.register(
@@ -455,7 +518,8 @@ impl Metrics {
             PbxEndpoint::RefreshToken => RenewalMethod::Refresh,
             PbxEndpoint::DelToken
             | PbxEndpoint::MessageSessionGet
-            | PbxEndpoint::MessageSessionQuery => return,
+            | PbxEndpoint::MessageSessionQuery
+            | PbxEndpoint::MessageSessionList => return,
         };
         self.pbx_token_renewals
             .get_or_create(&RenewalLabels { method, result })
@@ -505,6 +569,20 @@ impl Metrics {
     /// Records whether the intake can publish now (set on every scrape).
     pub fn intake_broker_ready(&self, ready: bool) {
         self.intake_broker_ready.set(i64::from(ready));
+    }
+
+    /// Counts a reconciliation run by how it ended.
+    pub fn reconcile_run(&self, result: ReconcileResult) {
+        self.reconcile_runs
+            .get_or_create(&ReconcileRunLabels { result })
+            .inc();
+    }
+
+    /// Counts sessions a reconciliation run added, changed or found missing.
+    pub fn reconcile_sessions(&self, change: ReconcileChange, sessions: u64) {
+        self.reconcile_sessions
+            .get_or_create(&ReconcileChangeLabels { change })
+            .inc_by(sessions);
     }
 }
 
@@ -567,6 +645,8 @@ mod tests {
             "enricher_db_commit_duration_seconds",
             "enricher_broker_reconnects",
             "enricher_ack_frames",
+            "enricher_reconcile_runs",
+            "enricher_reconcile_sessions",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),

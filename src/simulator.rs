@@ -1,9 +1,11 @@
 //! A local stand-in for the Yeastar API (`simulate-pbx`, `demo`, tests and
 //! benchmarks): `get_token`, `refresh_token`, `del_token` and
 //! `message_session/get` and `message_session/query` as the spec describes
-//! them, with deterministic synthetic sessions, token expiry and the 8-token
-//! cap, the IP block after 5 refused logins, latency, errors injected at
-//! random or on command, and older firmware that lacks `query`.
+//! them, `message_session/list` (`list`: paging and filters), with
+//! deterministic synthetic sessions, token expiry and the 8-token cap, the
+//! IP block after 5 refused logins, latency, errors injected at random or on
+//! command, older firmware that lacks `query`, and sessions that change on
+//! the PBX without any event (picked up, closed).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::defaults;
 use crate::secret::Secret;
 
+mod list;
+
+use list::Lifecycle;
+pub use list::ListPaging;
+
 const API_ROOT: &str = "/openapi/v1.0";
 /// Ids from here on do not exist (answered 60001).
 pub const FIRST_MISSING_ID: i64 = 900_000_000;
@@ -39,6 +46,9 @@ pub struct SimulatorSettings {
     pub error_rate: f64,
     /// Valid access tokens one application may hold.
     pub max_tokens: usize,
+    /// `message_session/list` lists synthetic sessions 1 to this (besides
+    /// every session set with `set_session`); 0 lists none of them.
+    pub listed_sessions: u64,
 }
 
 impl Default for SimulatorSettings {
@@ -53,6 +63,7 @@ impl Default for SimulatorSettings {
             refresh_ttl: Duration::from_secs(86_400),
             error_rate: defaults::SIMULATOR_ERROR_RATE,
             max_tokens: 8,
+            listed_sessions: defaults::SIMULATOR_LISTED_SESSIONS,
         }
     }
 }
@@ -96,6 +107,8 @@ pub struct SimulatorStats {
     pub query_requests: u64,
     /// Session ids asked for, over `get` (one per call) and `query`.
     pub ids_requested: u64,
+    /// `message_session/list` calls (one per page).
+    pub list_requests: u64,
     /// Access tokens valid now.
     pub live_tokens: usize,
 }
@@ -105,7 +118,15 @@ struct SimState {
     access: HashMap<String, Instant>,
     refresh: HashMap<String, (Instant, String)>,
     overrides: HashMap<i64, Option<Value>>,
-    /// Forced answers of the next `get` or `query` calls, one per call.
+    /// What changed in a session without an event (picked up, closed), and
+    /// its newest message, as `list` shows them.
+    lifecycle: HashMap<i64, Lifecycle>,
+    /// The id the next message on this PBX gets (pick-ups and closes write
+    /// a system message into their session).
+    next_msg_id: i64,
+    list_paging: ListPaging,
+    /// Forced answers of the next `get`, `query` or `list` calls, one per
+    /// call.
     session_faults: VecDeque<Fault>,
     login_faults: VecDeque<Fault>,
     query_interface: QueryInterface,
@@ -152,6 +173,10 @@ impl Simulator {
                 &format!("{API_ROOT}/message_session/query"),
                 get(message_sessions),
             )
+            .route(
+                &format!("{API_ROOT}/message_session/list"),
+                get(list::message_session_list),
+            )
             // For container healthchecks (`session-enricher healthcheck`).
             .route(
                 "/healthz",
@@ -186,9 +211,33 @@ impl Simulator {
         self.stop.cancel();
     }
 
-    /// Answer this Session_Info for `id` from now on.
+    /// Answer this Session_Info for `id` from now on (and list it).
     pub fn set_session(&self, id: i64, session: Value) {
         self.state().overrides.insert(id, Some(session));
+    }
+
+    /// An agent (`user_id`) picks the session up on the PBX, which sends no
+    /// event for it: from now on its Session_Info has no `participants`,
+    /// and `list` shows it picked up, with a newer `last_msg_id` (the
+    /// system message a pick-up writes). False if the session does not
+    /// exist.
+    pub fn pick_up(&self, id: i64, agent_user_id: i64) -> bool {
+        self.state().change_without_event(id, |lifecycle| {
+            lifecycle.picked_up_by = Some(agent_user_id);
+        })
+    }
+
+    /// The session is closed on the PBX, without an event: nobody is
+    /// pending any more, `get` still answers it, and `list` shows it
+    /// closed. False if the session does not exist.
+    pub fn close_session(&self, id: i64) -> bool {
+        self.state()
+            .change_without_event(id, |lifecycle| lifecycle.closed = true)
+    }
+
+    /// How `message_session/list` pages from now on.
+    pub fn set_list_paging(&self, paging: ListPaging) {
+        self.state().list_paging = paging;
     }
 
     /// Answer 60001 for `id` from now on.
@@ -196,8 +245,8 @@ impl Simulator {
         self.state().overrides.insert(id, None);
     }
 
-    /// Force the answers of the next `message_session/get` or `/query`
-    /// requests, one fault per request, in the order they arrive.
+    /// Force the answers of the next `message_session/get`, `/query` or
+    /// `/list` requests, one fault per request, in the order they arrive.
     pub fn fail_next_session_requests(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state().session_faults.extend(faults);
     }
@@ -229,6 +278,12 @@ impl Simulator {
         self.settings().error_rate = rate;
     }
 
+    /// List synthetic sessions 1 to `n` from now on (see
+    /// `SimulatorSettings::listed_sessions`).
+    pub fn set_listed_sessions(&self, n: u64) {
+        self.settings().listed_sessions = n;
+    }
+
     /// Every access and refresh token issued so far.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.state().issued.clone()
@@ -250,6 +305,32 @@ impl Simulator {
 
     fn settings(&self) -> MutexGuard<'_, SimulatorSettings> {
         lock(&self.shared.settings)
+    }
+}
+
+impl SimState {
+    /// Applies a change the PBX makes without an event: the session's
+    /// pending agents are gone (a pick-up or a close ends the wait) and it
+    /// gets a newer last message. False if the session does not exist.
+    fn change_without_event(&mut self, id: i64, change: impl FnOnce(&mut Lifecycle)) -> bool {
+        let Some(mut session) = session_of(self, id) else {
+            return false;
+        };
+        if let Some(object) = session.as_object_mut() {
+            object.remove("participants");
+        }
+        self.overrides.insert(id, Some(session));
+        let message = self.new_message_id();
+        let lifecycle = self.lifecycle.entry(id).or_default();
+        lifecycle.last_msg_id = Some(message);
+        change(lifecycle);
+        true
+    }
+
+    /// A message id above every synthetic session's last one.
+    fn new_message_id(&mut self) -> i64 {
+        self.next_msg_id = self.next_msg_id.max(list::FIRST_NEW_MESSAGE_ID) + 1;
+        self.next_msg_id
     }
 }
 
@@ -393,7 +474,7 @@ async fn del_token(
     }
 }
 
-/// What `get` and `query` check before they answer, in the real PBX's
+/// What `get`, `query` and `list` check before they answer, in the real PBX's
 /// order: the forced fault or the configured latency, the User-Agent, the
 /// token, then injected errors. `Ok` with the state to answer from.
 async fn admit<'a>(
@@ -444,11 +525,16 @@ fn parse_id(id: &str) -> Option<i64> {
     id.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
-/// errcode 40002 naming the parameter that is missing or invalid.
-fn invalid_parameter(name: &str) -> Response {
+/// errcode 40002 naming the parameters that are missing or invalid, each
+/// with what it must be.
+fn invalid_parameters(invalid: &[(&str, &str)]) -> Response {
+    let list: Vec<Value> = invalid
+        .iter()
+        .map(|(name, validation)| json!({"name": name, "validation": validation}))
+        .collect();
     answer(json!({
         "errcode": 40002, "errmsg": "PARAMETER ERROR",
-        "invalid_param_list": [{"name": name, "validation": "required, comma-separated ids"}],
+        "invalid_param_list": list,
     }))
 }
 
@@ -525,7 +611,7 @@ async fn message_sessions(
     };
     let Some(ids) = asked.and_then(|ids| ids.into_iter().map(parse_id).collect::<Option<Vec<_>>>())
     else {
-        return invalid_parameter("ids");
+        return invalid_parameters(&[("ids", "required, comma-separated ids")]);
     };
     let mut seen = std::collections::HashSet::new();
     let list: Vec<Value> = ids

@@ -8,7 +8,9 @@
 //! - Argument groups, each validated into its part's settings: `store`
 //!   (`StoreArgs`), `broker` (`AmqpUrlArgs`, `BrokerArgs`), `pbx`
 //!   (`PbxArgs`), `worker` (`WorkerArgs`).
-//! - Commands: `run` (`RunArgs`, `HttpArgs`, validated into `RunPlan`), `enrich`, `healthcheck`,
+//! - Commands: `run` (`RunArgs`, `HttpArgs`, validated into `RunPlan`), `enrich`,
+//!   `reconcile` (`ReconcileArgs`; its page size `ReconcilePageArgs`, shared
+//!   with `worker`), `healthcheck`,
 //!   `intake` (`IngestArgs` for `ingest`), `simulator` (`simulate-pbx`),
 //!   `demo`, `bench`; `migrate` is `StoreArgs` alone.
 
@@ -20,6 +22,7 @@ mod enrich;
 mod healthcheck;
 mod intake;
 mod pbx;
+mod reconcile;
 mod run;
 mod simulator;
 mod store;
@@ -35,6 +38,7 @@ pub use enrich::EnrichArgs;
 pub use healthcheck::HealthcheckArgs;
 pub use intake::IngestArgs;
 pub use pbx::PbxArgs;
+pub use reconcile::{ReconcileArgs, ReconcilePageArgs};
 pub use run::{HttpArgs, RunArgs, RunPlan};
 pub use simulator::SimulatorArgs;
 pub use store::StoreArgs;
@@ -70,6 +74,10 @@ pub enum Command {
     /// Fetch and upsert these sessions once, print what was written, exit
     /// non-zero if any failed.
     Enrich(EnrichArgs),
+    /// Page through the PBX's open sessions (message_session/list) once,
+    /// fetch and upsert every one, print what was added or changed; exit
+    /// non-zero if the run was incomplete or another one is running.
+    Reconcile(ReconcileArgs),
     /// Serve a local stand-in for the Yeastar API.
     SimulatePbx(SimulatorArgs),
     /// Show events becoming rows: simulator, worker and sample events on the

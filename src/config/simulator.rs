@@ -53,4 +53,13 @@ pub struct SimulatorArgs {
         default_value_t = defaults::SIMULATOR_ERROR_RATE
     )]
     pub error_rate: f64,
+    /// Synthetic sessions `message_session/list` lists: ids 1 to this
+    /// (0: only those a test set).
+    #[arg(
+        long,
+        env = "SIMULATOR_LISTED_SESSIONS",
+        value_name = "SIMULATOR_LISTED_SESSIONS",
+        default_value_t = defaults::SIMULATOR_LISTED_SESSIONS
+    )]
+    pub listed_sessions: u64,
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{ConfigError, defaults, invalid};
+use super::{ConfigError, ReconcilePageArgs, defaults, invalid};
 use crate::backoff::Backoff;
 use crate::pipeline::PipelineSettings;
+use crate::reconcile::PeriodicReconcile;
 use crate::worker::WorkerSettings;
 
 #[derive(Debug, Args)]
@@ -51,6 +52,13 @@ pub struct WorkerArgs {
     /// Longest wait in the retry queue, in milliseconds.
     #[arg(long, env = "ENRICHER_RETRY_MAX_DELAY_MS", value_name = "ENRICHER_RETRY_MAX_DELAY_MS", default_value_t = defaults::RETRY_MAX_DELAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
+    /// Seconds between reconciliations with the PBX's list of open sessions
+    /// (as `reconcile` does), once per interval between all replicas; 0:
+    /// off.
+    #[arg(long, env = "ENRICHER_RECONCILE_INTERVAL_S", value_name = "ENRICHER_RECONCILE_INTERVAL_S", default_value_t = defaults::RECONCILE_INTERVAL_SECS, value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub reconcile_interval_s: u64,
+    #[command(flatten)]
+    pub reconcile_page: ReconcilePageArgs,
 }
 
 impl WorkerArgs {
@@ -74,6 +82,13 @@ impl WorkerArgs {
                 "must not be below ENRICHER_RETRY_DELAY_MS",
             ));
         }
+        let reconcile = match self.reconcile_interval_s {
+            0 => None,
+            seconds => Some(PeriodicReconcile {
+                interval: Duration::from_secs(seconds),
+                settings: self.reconcile_page.settings()?,
+            }),
+        };
         Ok(WorkerSettings {
             pbx_id: pbx_id.to_owned(),
             handled_types: self.event_types.clone(),
@@ -91,7 +106,39 @@ impl WorkerArgs {
                 batch_linger: Duration::from_millis(self.batch_linger_ms),
                 writers: self.db_writers as usize,
             },
+            reconcile,
             ..WorkerSettings::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    fn worker(flags: &[&str]) -> WorkerSettings {
+        let line = ["session-enricher", "run"].iter().chain(flags);
+        let Command::Run(run) = Cli::try_parse_from(line).unwrap().command else {
+            unreachable!("a run command line")
+        };
+        run.worker.settings("pbx", 4, 20).unwrap()
+    }
+
+    #[test]
+    fn a_reconcile_interval_turns_periodic_reconciliation_on() {
+        assert_eq!(worker(&["--reconcile-interval-s", "0"]).reconcile, None);
+        let on = worker(&[
+            "--reconcile-interval-s",
+            "900",
+            "--reconcile-page-size",
+            "50",
+        ])
+        .reconcile
+        .expect("on");
+        assert_eq!(on.interval, Duration::from_secs(900));
+        assert_eq!(on.settings.page_size, 50);
     }
 }

@@ -128,16 +128,25 @@ impl Api {
             .http
             .get(self.url("message_session/query"))
             .query(&[("access_token", access.expose()), ("ids", &ids)]);
-        let mut answer = self.call(PbxEndpoint::MessageSessionQuery, request).await?;
-        match answer.get_mut("list").map(Value::take) {
-            Some(Value::Array(list)) => Ok(list),
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(one @ Value::Object(_)) => Ok(vec![one]),
-            Some(_) => Err(PbxError::Rejected(
-                "answer's `list` is not a list of Session_Info".into(),
-            )
-            .into()),
-        }
+        let answer = self.call(PbxEndpoint::MessageSessionQuery, request).await?;
+        session_list(answer)
+    }
+
+    /// `message_session/list`: the Session_Info objects of one page, read
+    /// as leniently as `message_sessions` reads its answer. `params` are
+    /// the query parameters besides the token.
+    pub async fn message_session_list(
+        &self,
+        access: &Secret,
+        params: &[(&str, String)],
+    ) -> Result<Vec<Value>, CallError> {
+        let request = self
+            .http
+            .get(self.url("message_session/list"))
+            .query(&[("access_token", access.expose())])
+            .query(params);
+        let answer = self.call(PbxEndpoint::MessageSessionList, request).await?;
+        session_list(answer)
     }
 
     /// Sends a request, records it, and returns the JSON answer if its
@@ -212,6 +221,19 @@ async fn send(
             what: "answer without an errcode",
         })
         .into()),
+    }
+}
+
+/// An answer's `list` as an array of Session_Info: no `list`, or `null`,
+/// is none; a lone object is one.
+fn session_list(mut answer: Value) -> Result<Vec<Value>, CallError> {
+    match answer.get_mut("list").map(Value::take) {
+        Some(Value::Array(list)) => Ok(list),
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(one @ Value::Object(_)) => Ok(vec![one]),
+        Some(_) => {
+            Err(PbxError::Rejected("answer's `list` is not a list of Session_Info".into()).into())
+        }
     }
 }
 

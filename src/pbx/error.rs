@@ -188,16 +188,18 @@ impl CallError {
     ///
     /// For `message_session/query`, "not found" (60001) means none of the
     /// ids asked for (each is then asked for alone), and 10001 that the
-    /// firmware lacks `query`.
+    /// firmware lacks `query`; for `message_session/list`, 60001 means no
+    /// sessions (an empty page).
     pub(super) fn from_errcode(endpoint: PbxEndpoint, errcode: i64, errmsg: String) -> Self {
         let reason = Reason::Errcode { errcode, errmsg };
         let configuration = |reason, action| PbxError::Configuration { reason, action };
         let query = endpoint == PbxEndpoint::MessageSessionQuery;
+        let list = endpoint == PbxEndpoint::MessageSessionList;
         CallError::Failed(match errcode {
             TOKEN_EXPIRED => return CallError::TokenExpired(reason),
             INTERFACE_NOT_EXISTED if query => return CallError::Unsupported(reason),
             60001 | 40002 if endpoint == PbxEndpoint::MessageSessionGet => PbxError::NotFound,
-            60001 if query => PbxError::NotFound,
+            60001 if query || list => PbxError::NotFound,
             -2 | 70082 => PbxError::Transient(reason),
             CREDENTIALS_REFUSED => configuration(
                 reason,
@@ -311,6 +313,15 @@ mod tests {
             CallError::from_errcode(query, 10004, "X".into()),
             CallError::TokenExpired(_)
         ));
+    }
+
+    #[test]
+    fn a_list_refused_for_its_parameters_is_rejected_and_60001_means_no_sessions() {
+        let list = PbxEndpoint::MessageSessionList;
+        assert!(matches!(error(list, 40002), PbxError::Rejected(_)));
+        assert!(matches!(error(list, 60001), PbxError::NotFound));
+        assert!(matches!(error(list, 70082), PbxError::Transient(_)));
+        assert!(matches!(error(list, 10001), PbxError::Configuration { .. }));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The Yeastar PBX client: the only module that speaks HTTP to the PBX (and
 //! the only importer of `reqwest`). It fetches sessions, one with
 //! `message_session/get` (the exact path) or several with
-//! `message_session/query` (the frugal one, `query`), with a cached token,
-//! bounded concurrency, an optional request rate (`budget`) and bounded
-//! retries of transient failures, and never logs a secret.
+//! `message_session/query` (the frugal one, `query`), and lists the open
+//! ones with `message_session/list` (`list`, for reconciliation), with a
+//! cached token, bounded concurrency, an optional request rate (`budget`)
+//! and bounded retries of transient failures, and never logs a secret.
 
 mod api;
 mod budget;
 mod error;
+mod list;
 mod observe;
 mod query;
 mod source;
@@ -23,6 +25,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 pub use error::{HttpError, PbxError, Reason};
+pub use list::{ListEnd, ListedSession, OpenSessions, Pager};
 pub use status::{PbxAccess, PbxStatus};
 
 use crate::backoff::Backoff;

@@ -6,12 +6,15 @@
 //! Rooms: `write` (the batch upsert), `sink` (the pipeline's `AnswerSink`:
 //! retries while unavailable, isolates refused data), `dead_letters` (the
 //! record of dead letters published), `read` (read-back for people: `demo`,
-//! `enrich`, `bench`) and `admin` (scratch databases for `bench`).
+//! `enrich`, `bench`), `reconcile` (stored rows to compare, and the
+//! advisory lock of one replica's reconciliation) and `admin` (scratch
+//! databases for `bench`).
 //! `Store` itself never retries: `sink` decides.
 
 mod admin;
 mod dead_letters;
 mod read;
+mod reconcile;
 mod sink;
 mod write;
 
@@ -22,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use crate::processing::{Answer, BatchResult};
 pub use read::{AgentRow, CustomerRow, SessionRow, Snapshot};
+pub use reconcile::{ReconcileLock, StoredSession};
 pub use sink::StoreSink;
 
 /// How to reach the database and bound the work done there.

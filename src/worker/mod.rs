@@ -51,6 +51,9 @@ pub struct WorkerSettings {
     /// Waits between probes of a PBX that refused the worker's
     /// configuration (its logins are spaced further by the token cache).
     pub pbx_probe: Backoff,
+    /// Periodic reconciliation with the PBX's session list
+    /// (`ENRICHER_RECONCILE_INTERVAL_S`); `None`: off.
+    pub reconcile: Option<crate::reconcile::PeriodicReconcile>,
 }
 
 /// The flags' defaults (`crate::defaults`), and fixed waits for what has no
@@ -87,6 +90,7 @@ impl Default for WorkerSettings {
             reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
             database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
             pbx_probe: unbounded(Duration::from_secs(30), Duration::from_secs(1800)),
+            reconcile: None,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The binary's public contract: configuration errors exit 2 with one line
-//! naming the variable, before any connection; `enrich` writes and reports.
+//! naming the variable, before any connection; `enrich` and `reconcile`
+//! write and report.
 
 use std::process::{Command, Output};
 
-use session_enricher::simulator::{Fault, SimulatorSettings};
+use session_enricher::simulator::{Fault, ListPaging, SimulatorSettings};
 
 use crate::helpers::TestEnv;
 
@@ -19,6 +20,8 @@ fn binary() -> Command {
         "YEASTAR_PBX_ID",
         "ENRICHER_PREFETCH",
         "ENRICHER_QUERY_BATCH",
+        "ENRICHER_RECONCILE_PAGE_SIZE",
+        "ENRICHER_RECONCILE_INTERVAL_S",
         "RUST_LOG",
         "LOG_FORMAT",
     ] {
@@ -73,6 +76,8 @@ fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
         ("ENRICHER_QUERY_BATCH", "101"),
         ("ENRICHER_PBX_MAX_RPS", "0"),
         ("ENRICHER_PBX_MAX_RPS", "2.5"),
+        ("ENRICHER_RECONCILE_INTERVAL_S", "-1"),
+        ("ENRICHER_RECONCILE_PAGE_SIZE", "1"),
         ("YEASTAR_BASE_URL", "pbx.example.com"),
         ("DATABASE_URL", "mysql://x"),
         ("AMQP_URL", "http://x"),
@@ -131,6 +136,8 @@ fn help_documents_every_variable_without_showing_secrets() {
         "ENRICHER_EVENT_TYPES",
         "ENRICHER_SHUTDOWN_TIMEOUT",
         "ENRICHER_HTTP_ADDR",
+        "ENRICHER_RECONCILE_INTERVAL_S",
+        "ENRICHER_RECONCILE_PAGE_SIZE",
     ] {
         assert!(
             help.contains(variable),
@@ -172,6 +179,63 @@ async fn enrich_writes_the_sessions_and_fails_when_one_fails() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("session 5: FAILED"));
     assert!(env.session_row(5).await.is_none());
+    assert_eq!(env.sim.stats().live_tokens, 0, "each run revokes its token");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn reconcile_prints_what_it_added_and_exits_1_when_the_listing_is_incomplete() {
+    let env = TestEnv::new().await;
+    env.sim.set_listed_sessions(7);
+    let defaults = SimulatorSettings::default();
+    let reconcile = |page_size: &str| {
+        let mut command = binary();
+        command
+            .arg("reconcile")
+            .env("DATABASE_URL", &env.db_url)
+            .env("YEASTAR_BASE_URL", env.sim.base_url())
+            .env("YEASTAR_CLIENT_ID", &defaults.client_id)
+            .env("YEASTAR_CLIENT_SECRET", defaults.client_secret.expose())
+            .env("YEASTAR_PBX_ID", crate::helpers::PBX)
+            .env("ENRICHER_RECONCILE_PAGE_SIZE", page_size);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let output = reconcile("3").await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        stderr(&output)
+    );
+    assert!(
+        stdout.contains("listed 7 open sessions in 4 pages"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("added 7, changed 0, unchanged 0, missing 0, failed 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("added: 7, 6, 5, 4, 3, 2, 1"), "{stdout}");
+    assert_eq!(env.session_count().await, 7);
+    assert_eq!(env.pending_agents(6).await.len(), 3);
+
+    let output = reconcile("3").await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("added 0, changed 0, unchanged 7"),
+        "{stdout}"
+    );
+
+    env.sim.set_list_paging(ListPaging::IgnoresCursor);
+    let output = reconcile("3").await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("INCOMPLETE: the PBX answered the same sessions again"),
+        "{stdout}"
+    );
     assert_eq!(env.sim.stats().live_tokens, 0, "each run revokes its token");
     env.finish().await;
 }

@@ -13,6 +13,8 @@ mod intake;
 mod operations;
 mod ordering;
 mod pbx_client;
+mod pbx_list;
 mod pbx_query;
 mod pipeline;
+mod reconcile;
 mod reliability;

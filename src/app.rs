@@ -254,6 +254,7 @@ async fn enrich(
         };
         match written {
             Ok(BatchResult::Written) => println!("session {id}: written"),
+            Ok(BatchResult::Unchanged) => println!("session {id}: unchanged (as stored)"),
             Ok(BatchResult::Stale | BatchResult::Superseded) => {
                 println!("session {id}: unchanged (a newer answer is stored)");
             }

@@ -111,13 +111,15 @@ async fn a_change_is_announced_once_committed_with_its_pending_agents() {
     let store = env.store();
     let mut listener = listen(&env).await;
 
-    assert_eq!(
-        write(&store, waiting(11, &[137, 138]), None).await,
-        BatchResult::Written
-    );
+    // Announced at commit: read as soon as the notification arrives (the
+    // write still running), what it announces is there.
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move { write(&store, waiting(11, &[137, 138]), None).await }
+    });
     assert_eq!(next_change(&mut listener).await, change(11, 2, false));
-    // Announced at commit: what it announces is there to read.
     assert_eq!(env.pending_agents(11).await, vec![(137, 0), (138, 1)]);
+    assert_eq!(writing.await.unwrap(), BatchResult::Written);
 
     // Picked up: nobody pending any more.
     assert_eq!(

@@ -237,12 +237,17 @@ async fn enrich(
         .await
         .context("opening the database")?;
     let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-    // The worker's write path, with a batch of one.
+    // The worker's write path, with a batch of one. A waiting session keeps
+    // (or gets) a refresh due time: with none, this write would stop the
+    // workers refreshing it (a due time they do not use is harmless).
     let sink = StoreSink::new(
         store.clone(),
         pbx_id.clone(),
         WorkerSettings::default().store_retry,
-    );
+    )
+    .with_refresh_interval(Some(Duration::from_millis(
+        crate::defaults::REFRESH_INTERVAL_MS,
+    )));
     let mut failed = 0;
     for &id in &ids {
         let written = match pbx.answer(id).await {

@@ -376,7 +376,13 @@ async fn replicas_claiming_at_once_share_the_due_sessions_without_overlap() {
 async fn a_claim_skips_sessions_locked_by_another_and_leases_what_it_takes() {
     let env = TestEnv::new().await;
     let store = env.store();
+    assert_eq!(store.next_refresh_due(PBX).await.unwrap(), None);
     due_now(&store, 1..=50).await;
+    assert_eq!(
+        store.next_refresh_due(PBX).await.unwrap(),
+        Some(Duration::ZERO),
+        "overdue"
+    );
 
     // Another replica holds ten of them (mid-claim, or mid-write).
     let mut other = env.db.begin().await.unwrap();
@@ -399,6 +405,8 @@ async fn a_claim_skips_sessions_locked_by_another_and_leases_what_it_takes() {
     other.rollback().await.unwrap();
     let second = store.claim_due_refreshes(PBX, 100, lease).await.unwrap();
     assert_eq!(ids(&second), (1..=10).collect());
+    let next = store.next_refresh_due(PBX).await.unwrap().expect("leased");
+    assert!(Duration::ZERO < next && next <= lease, "{next:?}");
 
     // Nobody wrote their answers (a replica died mid-refresh): once the
     // lease passes, they are claimed again.

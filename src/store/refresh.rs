@@ -83,12 +83,13 @@ impl Store {
     /// interval (a write in the meantime sets a due time that far ahead).
     pub async fn next_refresh_due(&self, pbx: &str) -> Result<Option<Duration>, StoreError> {
         let wait: Option<i64> = sqlx::query_scalar(
-            "SELECT GREATEST(0, (EXTRACT(EPOCH FROM min(refresh_due_at) - now()) * 1000000)::bigint)
+            "SELECT (EXTRACT(EPOCH FROM min(refresh_due_at) - now()) * 1000000)::bigint
                FROM message_sessions WHERE pbx = $1 AND refresh_due_at IS NOT NULL",
         )
         .bind(pbx)
         .fetch_one(&self.pool)
         .await?;
+        // Overdue: a negative wait, no wait at all.
         Ok(wait.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
 }

@@ -25,7 +25,7 @@ use super::refresh::{MAX_WAITING, micros};
 use super::{Store, StoreError};
 use crate::metrics::{self, DbWrite};
 use crate::processing::{Answer, BatchResult, Recency, newest_per_session};
-use crate::session::FetchedSession;
+use crate::session::{FetchedSession, SessionId};
 
 impl Store {
     /// Writes a batch of PBX answers in one transaction, one statement per
@@ -95,7 +95,7 @@ impl Store {
                 marked
                     .iter()
                     .filter(|&(_, &changed)| changed)
-                    .filter_map(|(&id, _)| crate::session::SessionId::new(id))
+                    .filter_map(|(&id, _)| SessionId::new(id))
                     .map(Change::missing),
             )
             .collect();

@@ -260,12 +260,17 @@ async fn enrich(
         .await
         .context("opening the database")?;
     let pbx = PbxClient::new(pbx).context("setting up the PBX client")?;
-    // The worker's write path, with a batch of one.
+    // The worker's write path, with a batch of one. A waiting session keeps
+    // (or gets) a refresh due time: with none, this write would stop the
+    // workers refreshing it (a due time they do not use is harmless).
     let sink = StoreSink::new(
         store.clone(),
         pbx_id.clone(),
         WorkerSettings::default().store_retry,
-    );
+    )
+    .with_refresh_interval(Some(Duration::from_millis(
+        crate::defaults::REFRESH_INTERVAL_MS,
+    )));
     let mut failed = 0;
     for &id in &ids {
         let written = match pbx.answer(id).await {
@@ -277,6 +282,7 @@ async fn enrich(
         };
         match written {
             Ok(BatchResult::Written) => println!("session {id}: written"),
+            Ok(BatchResult::Unchanged) => println!("session {id}: unchanged (as stored)"),
             Ok(BatchResult::Stale | BatchResult::Superseded) => {
                 println!("session {id}: unchanged (a newer answer is stored)");
             }

@@ -28,7 +28,9 @@ pub fn decide(processed: Processed, attempt: Attempt, retry: &Backoff) -> Outcom
     };
     match processed {
         Processed::Committed(BatchResult::Written) => Outcome::Enriched,
-        Processed::Committed(BatchResult::Stale | BatchResult::Superseded) => Outcome::Unchanged,
+        Processed::Committed(
+            BatchResult::Unchanged | BatchResult::Stale | BatchResult::Superseded,
+        ) => Outcome::Unchanged,
         Processed::Committed(BatchResult::Missing { .. }) => Outcome::NotFound,
         Processed::Skipped { event_type } => Outcome::Skipped { event_type },
         Processed::Malformed { reason } => dead_letter(reason, attempt.attempts.max(1)),
@@ -112,6 +114,12 @@ mod tests {
                 Processed::Committed(BatchResult::Written),
                 fresh(),
                 Outcome::Enriched,
+            ),
+            // Accepted, but the rows said so already.
+            (
+                Processed::Committed(BatchResult::Unchanged),
+                fresh(),
+                Outcome::Unchanged,
             ),
             (
                 Processed::Committed(BatchResult::Stale),

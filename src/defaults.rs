@@ -68,6 +68,9 @@ pub const BATCH_MAX: u32 = 200;
 pub const BATCH_LINGER_MS: u64 = 5;
 /// `ENRICHER_DB_WRITERS`.
 pub const DB_WRITERS: u32 = 4;
+/// `ENRICHER_REFRESH_INTERVAL_MS`: a waiting session is fetched again 5 s
+/// after its last fetch (0: off).
+pub const REFRESH_INTERVAL_MS: u64 = 5_000;
 /// `ENRICHER_HTTP_ADDR`.
 pub const HTTP_ADDR: &str = "0.0.0.0:9090";
 /// `ENRICHER_RECONCILE_INTERVAL_S`: 0, no periodic reconciliation.

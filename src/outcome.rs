@@ -32,7 +32,8 @@ impl Pause {
 pub enum Outcome {
     /// The session's rows were written.
     Enriched,
-    /// A newer answer was already stored; nothing to write.
+    /// Nothing to change: the answer said what the rows already said, or a
+    /// newer answer was already stored.
     Unchanged,
     /// An event type this deployment does not handle.
     Skipped { event_type: i64 },

@@ -92,8 +92,13 @@ pub fn newest_per_session(answers: &[Answer]) -> Vec<usize> {
 /// What writing one answer did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchResult {
-    /// The rows now reflect this answer.
+    /// The rows now reflect this answer, and their content changed (the
+    /// change was announced).
     Written,
+    /// The answer was accepted (its request and answer times stored) but
+    /// said what the rows already said: no content changed, nothing was
+    /// announced.
+    Unchanged,
     /// A newer answer was already stored.
     Stale,
     /// A newer answer for the same session in the same batch was written.

@@ -9,6 +9,7 @@ use super::{ConfigError, defaults, invalid};
 use crate::backoff::Backoff;
 use crate::pbx::PbxSettings;
 use crate::secret::Secret;
+use crate::store::MAX_PBX_ID_BYTES;
 
 #[derive(Debug, Args)]
 pub struct PbxArgs {
@@ -101,6 +102,14 @@ impl PbxArgs {
             })?;
         if self.yeastar_pbx_id.is_empty() {
             return Err(invalid("YEASTAR_PBX_ID", "must not be empty"));
+        }
+        if self.yeastar_pbx_id.len() > MAX_PBX_ID_BYTES {
+            return Err(invalid(
+                "YEASTAR_PBX_ID",
+                format!(
+                    "must be at most {MAX_PBX_ID_BYTES} bytes (it is in every change-feed payload)"
+                ),
+            ));
         }
         Ok(PbxSettings {
             base_url,

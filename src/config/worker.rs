@@ -59,9 +59,19 @@ pub struct WorkerArgs {
     pub reconcile_interval_s: u64,
     #[command(flatten)]
     pub reconcile_page: ReconcilePageArgs,
+    /// How long after its last fetch a session with pending agents is
+    /// fetched again without an event, in milliseconds, until nobody is
+    /// pending (0: never).
+    #[arg(long, env = "ENRICHER_REFRESH_INTERVAL_MS", value_name = "ENRICHER_REFRESH_INTERVAL_MS", default_value_t = defaults::REFRESH_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub refresh_interval_ms: u64,
 }
 
 impl WorkerArgs {
+    /// `ENRICHER_REFRESH_INTERVAL_MS` as the store takes it: `None` when 0.
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        (self.refresh_interval_ms > 0).then(|| Duration::from_millis(self.refresh_interval_ms))
+    }
+
     /// The worker's settings; `fetchers` is the PBX concurrency cap and
     /// `fetch_batch` the PBX query batch.
     pub fn settings(

@@ -3,18 +3,22 @@
 //! older answer overwrite a newer one; it never cancels a transaction from
 //! the client side (see ARCHITECTURE.md).
 //!
-//! Rooms: `write` (the batch upsert), `sink` (the pipeline's `AnswerSink`:
-//! retries while unavailable, isolates refused data), `dead_letters` (the
-//! record of dead letters published), `read` (read-back for people: `demo`,
-//! `enrich`, `bench`), `reconcile` (stored rows to compare, and the
-//! advisory lock of one replica's reconciliation) and `admin` (scratch
-//! databases for `bench`).
+//! Rooms: `write` (the batch upsert: content changes, due times), `feed`
+//! (the change feed: `NOTIFY session_enricher_changes` in the write's
+//! transaction), `refresh` (claiming sessions due for a refresh), `sink`
+//! (the pipeline's `AnswerSink`: retries while unavailable, isolates
+//! refused data), `dead_letters` (the record of dead letters published),
+//! `read` (read-back for people: `demo`, `enrich`, `bench`), `reconcile`
+//! (stored rows to compare, and the advisory lock of one replica's
+//! reconciliation) and `admin` (scratch databases for `bench`).
 //! `Store` itself never retries: `sink` decides.
 
 mod admin;
 mod dead_letters;
+mod feed;
 mod read;
 mod reconcile;
+mod refresh;
 mod sink;
 mod write;
 
@@ -24,8 +28,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use crate::processing::{Answer, BatchResult};
+pub use feed::{CHANGES_CHANNEL, MAX_PBX_ID_BYTES};
 pub use read::{AgentRow, CustomerRow, SessionRow, Snapshot};
 pub use reconcile::{ReconcileLock, StoredSession};
+pub use refresh::MAX_WAITING;
 pub use sink::StoreSink;
 
 /// How to reach the database and bound the work done there.

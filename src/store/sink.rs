@@ -2,6 +2,9 @@
 //! retrying with backoff while the database is unavailable (the answers are
 //! kept, the PBX is not asked again), and, when the database refuses a
 //! batch's data, writing its answers one by one so only the culprit fails.
+//! Its writes set refresh due times by its refresh interval.
+
+use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::pipeline::AnswerSink;
@@ -15,24 +18,38 @@ pub struct StoreSink {
     store: Store,
     pbx_id: String,
     retry: Backoff,
+    refresh_interval: Option<Duration>,
 }
 
 impl StoreSink {
     /// `retry` bounds the in-process retries of a write whose database is
-    /// unavailable.
+    /// unavailable. Refreshing is off until `with_refresh_interval`.
     pub fn new(store: Store, pbx_id: String, retry: Backoff) -> Self {
         Self {
             store,
             pbx_id,
             retry,
+            refresh_interval: None,
         }
+    }
+
+    /// Sessions written with pending agents become due for a refresh this
+    /// long after their write (`None`: never; see `Store::write_batch`).
+    /// Every writer of a PBX's sessions should use the same interval: a
+    /// write with `None` clears the session's due time.
+    pub fn with_refresh_interval(mut self, interval: Option<Duration>) -> Self {
+        self.refresh_interval = interval;
+        self
     }
 
     /// Writes one batch, retrying while the database is unavailable.
     async fn write_retrying(&self, answers: &[Answer]) -> Result<Vec<BatchResult>, StoreError> {
         self.retry
             .retry(
-                || self.store.write_batch(&self.pbx_id, answers),
+                || {
+                    self.store
+                        .write_batch(&self.pbx_id, answers, self.refresh_interval)
+                },
                 |e| matches!(e, StoreError::Unavailable(_)),
                 |e, attempt, wait| {
                     tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64,

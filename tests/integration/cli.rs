@@ -78,10 +78,16 @@ fn an_invalid_value_is_one_line_naming_the_variable_and_exit_2() {
         ("ENRICHER_PBX_MAX_RPS", "2.5"),
         ("ENRICHER_RECONCILE_INTERVAL_S", "-1"),
         ("ENRICHER_RECONCILE_PAGE_SIZE", "1"),
+        ("ENRICHER_REFRESH_INTERVAL_MS", "-1"),
+        ("ENRICHER_REFRESH_INTERVAL_MS", "86400001"),
         ("YEASTAR_BASE_URL", "pbx.example.com"),
         ("DATABASE_URL", "mysql://x"),
         ("AMQP_URL", "http://x"),
     ];
+    let long_pbx_id = "p".repeat(201);
+    let cases = cases
+        .into_iter()
+        .chain([("YEASTAR_PBX_ID", long_pbx_id.as_str())]);
     for (variable, value) in cases {
         let output = unreachable_services(binary().arg("run"))
             .env("YEASTAR_BASE_URL", "https://pbx.example.com")
@@ -133,6 +139,7 @@ fn help_documents_every_variable_without_showing_secrets() {
         "ENRICHER_PREFETCH",
         "ENRICHER_QUERY_BATCH",
         "ENRICHER_PBX_MAX_RPS",
+        "ENRICHER_REFRESH_INTERVAL_MS",
         "ENRICHER_EVENT_TYPES",
         "ENRICHER_SHUTDOWN_TIMEOUT",
         "ENRICHER_HTTP_ADDR",

@@ -276,7 +276,7 @@ async fn a_stale_write_loses_to_a_newer_one_even_when_they_race() {
     };
     let write = |store: session_enricher::store::Store, fetched: FetchedSession| async move {
         store
-            .write_batch(PBX, &[Answer::Found(Box::new(fetched))])
+            .write_batch(PBX, &[Answer::Found(Box::new(fetched))], None)
             .await
             .unwrap()
     };

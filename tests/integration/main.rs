@@ -10,6 +10,7 @@ mod events;
 mod failures;
 mod helpers;
 mod intake;
+mod live_state;
 mod operations;
 mod ordering;
 mod pbx_client;

@@ -50,7 +50,7 @@ fn missing(id: i64, requested_at: DateTime<Utc>, seen_at: DateTime<Utc>) -> Answ
 }
 
 async fn write(store: &Store, answer: Answer) -> BatchResult {
-    let mut results = store.write_batch(PBX, &[answer]).await.unwrap();
+    let mut results = store.write_batch(PBX, &[answer], None).await.unwrap();
     assert_eq!(results.len(), 1);
     results.remove(0)
 }

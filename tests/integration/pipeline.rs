@@ -118,7 +118,7 @@ async fn a_batch_writes_each_key_once_keeping_the_newest_answer() {
         },
     ];
     let results = store
-        .write_batch(PBX, &batch)
+        .write_batch(PBX, &batch, None)
         .await
         .expect("the batch is written");
     assert_eq!(
@@ -170,7 +170,7 @@ async fn the_newest_answer_wins_across_concurrent_batches() {
                 .map(|id| fetched(id, &[version, 100 + version], &format!("v{version}"), at))
                 .collect();
             store
-                .write_batch(PBX, &batch)
+                .write_batch(PBX, &batch, None)
                 .await
                 .expect("no batch fails (no deadlock)")
         });

@@ -161,6 +161,20 @@ label_values! {
 }
 
 label_values! {
+    /// What refreshing a waiting session (no event asked for it) found.
+    RefreshResult {
+        /// The session changed (e.g. picked up: its pending agents went).
+        Changed => "changed",
+        /// Nothing new.
+        Unchanged => "unchanged",
+        /// The PBX no longer has the session.
+        Missing => "missing",
+        /// The fetch or the write failed; due again when its claim lapses.
+        Failed => "failed",
+    }
+}
+
+label_values! {
     /// What the intake answered a webhook request (see `intake::IntakeOutcome`).
     WebhookOutcome {
         Accepted => "accepted",
@@ -213,6 +227,11 @@ struct AckFrameLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefreshLabels {
+    result: RefreshResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct WebhookLabels {
     outcome: WebhookOutcome,
 }
@@ -258,6 +277,8 @@ pub struct Metrics {
     db_commit_duration: HistogramFamily<DbWriteLabels>,
     broker_reconnects: Counter,
     ack_frames: Family<AckFrameLabels, Counter>,
+    refreshes_claimed: Counter,
+    refreshes: Family<RefreshLabels, Counter>,
     webhooks: Family<WebhookLabels, Counter>,
     intake_broker_ready: Gauge,
     reconcile_runs: Family<ReconcileRunLabels, Counter>,
@@ -308,6 +329,8 @@ impl Metrics {
             db_commit_duration: Family::new_with_constructor(db_latency_buckets),
             broker_reconnects: Counter::default(),
             ack_frames: Family::default(),
+            refreshes_claimed: Counter::default(),
+            refreshes: Family::default(),
             webhooks: Family::default(),
             intake_broker_ready: Gauge::default(),
             reconcile_runs: Family::default(),
@@ -333,6 +356,9 @@ impl Metrics {
         }
         for &kind in AckFrame::ALL {
             let _ = metrics.ack_frames.get_or_create(&AckFrameLabels { kind });
+        }
+        for &result in RefreshResult::ALL {
+            let _ = metrics.refreshes.get_or_create(&RefreshLabels { result });
         }
         for &outcome in WebhookOutcome::ALL {
             let _ = metrics.webhooks.get_or_create(&WebhookLabels { outcome });
@@ -435,6 +461,16 @@ impl Metrics {
             "Sessions reconciliation found different from the stored rows, by change (added: no row; changed: another Session_Info; missing: listed, then not found)",
             self.reconcile_sessions.clone(),
         );
+        r.register(
+            "enricher_refreshes_claimed",
+            "Waiting sessions this worker claimed for a refresh (no event asked for them)",
+            self.refreshes_claimed.clone(),
+        );
+        r.register(
+            "enricher_refreshes",
+            "Refreshes of waiting sessions settled, by what they found",
+            self.refreshes.clone(),
+        );
         let r = &mut self.intake_registry;
         r.register(
             "enricher_webhooks",
@@ -496,6 +532,16 @@ impl Metrics {
     }
 
     /// Counts events folded into an already pending fetch.
+    pub fn refreshes_claimed(&self, n: u64) {
+        self.refreshes_claimed.inc_by(n);
+    }
+
+    pub fn refresh_settled(&self, result: RefreshResult) {
+        self.refreshes
+            .get_or_create(&RefreshLabels { result })
+            .inc();
+    }
+
     pub fn events_coalesced(&self, n: u64) {
         self.events_coalesced.inc_by(n);
     }

@@ -66,6 +66,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Consume message events and enrich their sessions until stopped.
     Run(RunArgs),

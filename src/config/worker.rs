@@ -8,8 +8,8 @@ use clap::Args;
 use super::{ConfigError, ReconcilePageArgs, defaults, invalid};
 use crate::backoff::Backoff;
 use crate::pipeline::PipelineSettings;
-use crate::reconcile::PeriodicReconcile;
-use crate::worker::WorkerSettings;
+use crate::reconcile::{PeriodicReconcile, ReconcileSettings};
+use crate::worker::{RefreshSettings, WorkerSettings};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -96,7 +96,10 @@ impl WorkerArgs {
             0 => None,
             seconds => Some(PeriodicReconcile {
                 interval: Duration::from_secs(seconds),
-                settings: self.reconcile_page.settings()?,
+                settings: ReconcileSettings {
+                    refresh_interval: self.refresh_interval(),
+                    ..self.reconcile_page.settings()?
+                },
             }),
         };
         Ok(WorkerSettings {
@@ -116,6 +119,10 @@ impl WorkerArgs {
                 batch_linger: Duration::from_millis(self.batch_linger_ms),
                 writers: self.db_writers as usize,
             },
+            refresh: RefreshSettings::every(
+                Duration::from_millis(self.refresh_interval_ms),
+                fetchers * fetch_batch,
+            ),
             reconcile,
             ..WorkerSettings::default()
         })

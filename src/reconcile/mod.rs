@@ -53,6 +53,10 @@ pub struct ReconcileSettings {
     /// Retries of a write while the database is unavailable (as the
     /// worker's).
     pub store_retry: Backoff,
+    /// The workers' refresh interval: a session written with pending agents
+    /// is due for a refresh this long after (`None`: refreshing is off, and
+    /// the write clears due times).
+    pub refresh_interval: Option<Duration>,
 }
 
 impl Default for ReconcileSettings {
@@ -61,6 +65,7 @@ impl Default for ReconcileSettings {
             page_size: usize::from(defaults::RECONCILE_PAGE_SIZE),
             max_pages: MAX_PAGES,
             chunk: defaults::BATCH_MAX as usize,
+            refresh_interval: Some(Duration::from_millis(defaults::REFRESH_INTERVAL_MS)),
             store_retry: Backoff {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(5),
@@ -227,7 +232,8 @@ impl Reconciler {
             self.store.clone(),
             self.pbx_id.clone(),
             self.settings.store_retry,
-        );
+        )
+        .with_refresh_interval(self.settings.refresh_interval);
         for chunk in ids.chunks(self.settings.chunk.max(1)) {
             if stop.is_cancelled() {
                 report.stopped = true;

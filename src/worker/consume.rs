@@ -11,7 +11,8 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
-use super::settle::{Settler, Taken};
+use super::refresh::{self, Refresh};
+use super::settle::{Settler, Taken, Ticket};
 use crate::broker::Broker;
 use crate::event::{self, Event};
 use crate::metrics;
@@ -52,12 +53,13 @@ impl Worker {
         self.status.set_problem(None);
         tracing::info!(consumer = %tag, "Consuming.");
         let settings = &self.settings;
-        let (done, mut finished) = mpsc::unbounded_channel::<Done<Taken>>();
+        let (done, mut finished) = mpsc::unbounded_channel::<Done<Ticket>>();
         let sink = StoreSink::new(
             self.store.clone(),
             settings.pbx_id.clone(),
             settings.store_retry,
-        );
+        )
+        .with_refresh_interval(settings.refresh.map(|refresh| refresh.interval));
         let pipeline = Pipeline::start(
             settings.pipeline,
             Arc::clone(&self.pbx),
@@ -70,7 +72,21 @@ impl Worker {
             settings.clone(),
             Arc::clone(&self.counts),
         );
-        // Deliveries taken and not yet handed to the settler.
+        // Waiting sessions due for a refresh, claimed while this session
+        // consumes.
+        let (to_consume, mut refreshes) = mpsc::channel::<Vec<Refresh>>(4);
+        let stop_refreshing = shutdown.child_token();
+        let refresher = settings.refresh.map(|refresh| {
+            tokio::spawn(refresh::refresher(
+                self.store.clone(),
+                settings.pbx_id.clone(),
+                refresh,
+                to_consume,
+                stop_refreshing.clone(),
+            ))
+        });
+        // Tickets (deliveries and refreshes) handed to the pipeline or the
+        // settler and not yet settled.
         let mut in_flight = 0usize;
         let end = loop {
             tokio::select! {
@@ -91,6 +107,10 @@ impl Worker {
                         break SessionEnd::Paused(pause);
                     }
                 }
+                Some(claimed) = refreshes.recv() => {
+                    in_flight += claimed.len();
+                    pipeline.submit(claimed.into_iter().map(|r| (r.session_id, Ticket::Refresh(r))));
+                }
                 next = deliveries.next() => match next {
                     Some(Ok(first)) => {
                         let mut arrived = vec![first];
@@ -109,13 +129,13 @@ impl Worker {
                             metrics::get().event_taken();
                             let processed = match event::parse(&delivery.body, &settings.handled_types) {
                                 Ok(Event::Message(message)) => {
-                                    messages.push((message.session_id, Taken { delivery, event: Some(message) }));
+                                    messages.push((message.session_id, Ticket::Delivery(Taken { delivery, event: Some(message) })));
                                     continue;
                                 }
                                 Ok(Event::Ignored { event_type }) => Processed::Skipped { event_type },
                                 Err(malformed) => Processed::Malformed { reason: malformed.to_string() },
                             };
-                            let ticket = Taken { delivery, event: None };
+                            let ticket = Ticket::Delivery(Taken { delivery, event: None });
                             // `finished` lives as long as this function.
                             let _ = done.send(Done { ticket, processed });
                         }
@@ -130,6 +150,13 @@ impl Worker {
             }
         };
         self.status.set_consuming(false);
+        // The refresher stops between claims (each a single statement).
+        stop_refreshing.cancel();
+        if let Some(refresher) = refresher {
+            let _ = refresher.await;
+        }
+        // Claimed but not handed over: due again when their claims lapse.
+        drop(refreshes);
         if let Err(e) = broker.cancel(&tag).await {
             tracing::debug!(error = %e, "Consumer already gone.");
         }

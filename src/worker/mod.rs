@@ -11,6 +11,7 @@
 //! speaks AMQP, HTTP or SQL itself (`broker`, `pbx`, `store` do).
 
 mod consume;
+mod refresh;
 mod settle;
 mod supervise;
 
@@ -28,6 +29,8 @@ use crate::pipeline::PipelineSettings;
 use crate::status::WorkerStatus;
 use crate::store::Store;
 
+pub use refresh::RefreshSettings;
+
 /// How the worker treats deliveries and failures.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
@@ -44,6 +47,8 @@ pub struct WorkerSettings {
     pub store_retry: Backoff,
     /// Coalescing, fetch concurrency and write batching.
     pub pipeline: PipelineSettings,
+    /// Refreshing waiting sessions without events (`None`: off).
+    pub refresh: Option<RefreshSettings>,
     /// Waits between reconnects to the broker.
     pub reconnect: Backoff,
     /// Waits between probes of a database that made the worker pause.
@@ -87,6 +92,10 @@ impl Default for WorkerSettings {
                 batch_linger: Duration::from_millis(defaults::BATCH_LINGER_MS),
                 writers: defaults::DB_WRITERS as usize,
             },
+            refresh: RefreshSettings::every(
+                Duration::from_millis(defaults::REFRESH_INTERVAL_MS),
+                usize::from(defaults::PBX_CONCURRENCY) * usize::from(defaults::QUERY_BATCH),
+            ),
             reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
             database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
             pbx_probe: unbounded(Duration::from_secs(30), Duration::from_secs(1800)),
@@ -139,7 +148,26 @@ impl Worker {
     /// in-flight work, revokes the PBX token and closes the pool. Fails only
     /// on a topology conflict or a missed shutdown deadline.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        // Periodic reconciliation needs no broker: it runs beside the
+        // consuming sessions, and stops at its next step on shutdown.
+        let reconciling = self.settings.reconcile.clone().map(|periodic| {
+            tokio::spawn(crate::reconcile::run_periodically(
+                Arc::clone(&self.pbx),
+                self.store.clone(),
+                self.settings.pbx_id.clone(),
+                periodic,
+                shutdown.clone(),
+            ))
+        });
         let result = self.supervise(&shutdown).await;
+        if let Some(reconciling) = reconciling {
+            let deadline = self.settings.shutdown_timeout;
+            if tokio::time::timeout(deadline, reconciling).await.is_err() {
+                tracing::warn!(
+                    "Reconciliation did not stop within the shutdown deadline; abandoned."
+                );
+            }
+        }
         self.status.set_consuming(false);
         self.pbx.revoke_token().await;
         self.store.close().await;

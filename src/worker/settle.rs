@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::WorkerSettings;
+use super::refresh::{self, Refresh};
 use crate::broker::{Broker, Delivery};
 use crate::decide::{Attempt, decide};
 use crate::event::MessageEvent;
@@ -22,8 +23,18 @@ use crate::outcome::{Outcome, OutcomeCounts, Pause};
 use crate::pipeline::Done;
 use crate::store::Store;
 
-/// A delivery taken from the queue and not yet settled: the pipeline's
-/// ticket, with its message event when it is one.
+/// What the consume loop hands the pipeline with each session: a delivery,
+/// or a refresh of a waiting session that no event asked for.
+// Nearly every ticket is a delivery: boxing it would allocate per delivery
+// to save space on the few refreshes.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Ticket {
+    Delivery(Taken),
+    Refresh(Refresh),
+}
+
+/// A delivery taken from the queue and not yet settled, with its message
+/// event when it is one.
 pub(super) struct Taken {
     pub delivery: Delivery,
     pub event: Option<MessageEvent>,
@@ -64,9 +75,16 @@ impl Settler {
 
     /// Decides what to do with a finished delivery and starts doing it.
     /// Returns the pause the outcome calls for, if any: the consume loop
-    /// stops taking deliveries then.
-    pub(super) fn settle(&self, done: Done<Taken>) -> Option<Pause> {
-        let Taken { delivery, event } = done.ticket;
+    /// stops taking deliveries then. A refresh is only counted: it never
+    /// pauses anything (events meet the same fault and do).
+    pub(super) fn settle(&self, done: Done<Ticket>) -> Option<Pause> {
+        let Taken { delivery, event } = match done.ticket {
+            Ticket::Delivery(taken) => taken,
+            Ticket::Refresh(refresh) => {
+                refresh::settled(refresh, &done.processed);
+                return None;
+            }
+        };
         let attempt = Attempt {
             attempts: delivery.attempts,
             redelivered: delivery.redelivered,

@@ -18,4 +18,5 @@ mod pbx_list;
 mod pbx_query;
 mod pipeline;
 mod reconcile;
+mod refresh;
 mod reliability;

@@ -84,6 +84,9 @@ impl TestEnv {
             reconnect: quick(u32::MAX),
             database_probe: quick(u32::MAX),
             pbx_probe: quick(u32::MAX),
+            // Off, so PBX call counts are the events' alone; the refresh
+            // tests turn it on.
+            refresh: None,
             ..WorkerSettings::default()
         }
     }

@@ -124,5 +124,10 @@ pub const BENCH_ACTIVE_SESSIONS: u64 = 50;
 pub const BENCH_RATE: u64 = 1_000;
 /// `bench --seconds`.
 pub const BENCH_SECONDS: u64 = 30;
+/// `bench --refresh-sessions`: waiting sessions in the refresh run.
+pub const BENCH_REFRESH_SESSIONS: u64 = 1_000;
+/// `bench --refresh-seconds`: how long the refresh run counts PBX calls (0:
+/// no refresh run).
+pub const BENCH_REFRESH_SECONDS: u64 = 60;
 /// `bench --latency-ms`.
 pub const BENCH_LATENCY_MS: u64 = 20;

@@ -68,6 +68,46 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// The session a demo agent picks up on the PBX, and who picks it up.
+const PICKED_UP: (i64, i64) = (1011, 1003);
+
+/// An agent picks a waiting session up on the PBX, which sends no event for
+/// it: the worker's refresh of waiting sessions finds out within its
+/// interval. Returns what happened, to print with the rows.
+async fn pick_up_without_an_event(simulator: &Simulator, store: &Store) -> anyhow::Result<String> {
+    let (session, agent) = PICKED_UP;
+    let pending = |snapshot: &crate::store::Snapshot| {
+        snapshot
+            .pending_agents
+            .iter()
+            .filter(|a| a.session_id == session)
+            .count()
+    };
+    let before = pending(&store.snapshot(DEMO_PBX, &[session]).await?);
+    anyhow::ensure!(
+        simulator.pick_up(session, agent),
+        "the simulator has no session {session}"
+    );
+    println!(
+        "\nAgent {agent} picks session {session} up on the PBX (pending agents in the table: {before}); the PBX sends no event for that."
+    );
+    let started = Instant::now();
+    let within =
+        Duration::from_millis(crate::defaults::REFRESH_INTERVAL_MS) + Duration::from_secs(10);
+    while pending(&store.snapshot(DEMO_PBX, &[session]).await?) > 0 {
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "the pick-up of session {session} did not reach the tables within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(format!(
+        "Session {session}: picked up on the PBX without an event; its {before} pending agents left `session_pending_agents` {:.1} s later, when the worker refreshed it (ENRICHER_REFRESH_INTERVAL_MS = {} ms).\n",
+        started.elapsed().as_secs_f64(),
+        crate::defaults::REFRESH_INTERVAL_MS
+    ))
+}
+
 pub async fn run(
     store_settings: StoreSettings,
     broker_settings: BrokerSettings,
@@ -149,6 +189,7 @@ pub async fn run(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let picked_up = pick_up_without_an_event(&simulator, &store).await?;
     stop.cancel();
     running.await.context("the worker task")??;
 
@@ -165,6 +206,7 @@ pub async fn run(
         .await
         .context("reading the rows")?;
     println!("{}", report::snapshot(&snapshot));
+    println!("{picked_up}");
     store.close().await;
 
     println!("{dead_queue}");

@@ -57,6 +57,10 @@ pub struct BenchSettings {
     /// Steady rate and duration of the latency run.
     pub rate: u64,
     pub seconds: u64,
+    /// Waiting sessions in the refresh run, and how long it counts calls
+    /// (zero: no refresh run).
+    pub refresh_sessions: u64,
+    pub refresh_seconds: u64,
     /// The simulator's latency per PBX call.
     pub latency: Duration,
     /// Flags for the worker's `run`, after the bench's own (none: its
@@ -78,6 +82,8 @@ impl BenchSettings {
             active: args.active.max(1),
             rate: args.rate.max(1),
             seconds: args.seconds.max(1),
+            refresh_sessions: args.refresh_sessions.max(1),
+            refresh_seconds: args.refresh_seconds,
             latency: Duration::from_millis(args.latency_ms),
             worker_flags: args.worker_flags,
             worker_bin: args.worker_bin,
@@ -240,6 +246,12 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<ExitCode> {
     ];
     // 3. publish→commit at a steady rate.
     let latency = bench.latency().await?;
+    // 4. What keeping waiting sessions fresh costs the PBX, with no events.
+    let refresh = if settings.refresh_seconds > 0 {
+        Some(bench.refresh().await?)
+    } else {
+        None
+    };
     bench.simulator.stop();
 
     let best = ceilings
@@ -259,6 +271,12 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<ExitCode> {
         latency.confirm_p50,
         latency.confirm_p99
     );
+    if let Some((calls, ids)) = refresh {
+        println!(
+            "refresh: {} waiting sessions, no events, for {} s: {:.0} PBX calls/min, {:.0} sessions asked for/min",
+            settings.refresh_sessions, settings.refresh_seconds, calls, ids
+        );
+    }
     for drain in drains.iter().filter(|d| !d.other_outcomes.is_empty()) {
         println!(
             "{}: outcomes besides enriched: {}",
@@ -480,6 +498,45 @@ impl Bench<'_> {
         };
         println!("  worker ({name}) done: {:.0} events/s", drain.rate());
         Ok(drain)
+    }
+
+    /// The refresh run: one event each for `refresh_sessions` sessions that
+    /// wait in a queue (pending agents), drained by the child worker; then,
+    /// with no more events, its PBX calls over `refresh_seconds`. Returns
+    /// calls and session ids asked for, per minute.
+    async fn refresh(&self) -> anyhow::Result<(f64, f64)> {
+        let wiring = self.wiring("refresh")?;
+        let args = wiring.args(&self.settings.worker_flags);
+        let plan = worker_plan(&args)?;
+        let publisher = Broker::connect(plan.broker.clone()).await?;
+        // Every third synthetic session waits in a queue.
+        let waiting = (1..=self.settings.refresh_sessions).map(|n| workload::body(n * 3, n));
+        publisher
+            .publish_many(&plan.broker.queue, waiting, 1000)
+            .await?;
+        let log = std::env::temp_dir().join(format!(
+            "session-enricher-bench-{}-refresh.log",
+            self.run_id
+        ));
+        let mut worker = WorkerProcess::start(
+            self.settings.worker_bin.as_deref(),
+            &args,
+            wiring.http_addr,
+            &log,
+        )?;
+        worker.ready(STARTUP).await?;
+        worker
+            .settled(self.settings.refresh_sessions, STALL)
+            .await?;
+        let before = self.simulator.stats();
+        tokio::time::sleep(Duration::from_secs(self.settings.refresh_seconds)).await;
+        let (calls, ids) = pbx_use(before, self.simulator.stats());
+        worker.stop(EXIT).await?;
+        publisher.close().await;
+        Broker::delete_topology(&plan.broker).await?;
+        let per_minute = |n: u64| n as f64 * 60.0 / self.settings.refresh_seconds as f64;
+        println!("  refresh done");
+        Ok((per_minute(calls), per_minute(ids)))
     }
 
     /// Publishes `rate` events a second (each a fresh session, stamped) for

@@ -30,6 +30,14 @@ pub struct BenchArgs {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = defaults::BENCH_SECONDS)]
     pub seconds: u64,
+    /// Waiting sessions (with pending agents, no further events) in the
+    /// refresh run.
+    #[arg(long, default_value_t = defaults::BENCH_REFRESH_SESSIONS)]
+    pub refresh_sessions: u64,
+    /// Seconds the refresh run counts the PBX calls of refreshing them (0:
+    /// no refresh run).
+    #[arg(long, default_value_t = defaults::BENCH_REFRESH_SECONDS)]
+    pub refresh_seconds: u64,
     /// The simulated PBX's latency per call, in milliseconds.
     #[arg(long, default_value_t = defaults::BENCH_LATENCY_MS)]
     pub latency_ms: u64,

@@ -93,6 +93,12 @@ async fn sigterm_mid_load_exits_0_in_time_and_every_event_is_committed_or_back_i
     let mut child = env
         .binary_run()
         .env("ENRICHER_SHUTDOWN_TIMEOUT", "10")
+        // A small prefetch, one session per PBX call, four at a time: the
+        // load lasts seconds and most of it is still queued when the signal
+        // lands (what is in flight then is finished, not cut short).
+        .env("ENRICHER_PREFETCH", "50")
+        .env("ENRICHER_QUERY_BATCH", "1")
+        .env("ENRICHER_PBX_CONCURRENCY", "4")
         .stderr(log_file(&env, "sigterm"))
         .spawn()
         .expect("start the binary");

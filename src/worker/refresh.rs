@@ -69,6 +69,8 @@ pub(super) async fn refresher(
     stop: CancellationToken,
 ) {
     let places = Arc::new(Semaphore::new(settings.in_flight.max(1)));
+    // A database that keeps refusing is logged once, not at every poll.
+    let mut failing = false;
     let mut poll = tokio::time::interval(settings.poll());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -84,9 +86,19 @@ pub(super) async fn refresher(
             .claim_due_refreshes(&pbx_id, free, settings.lease)
             .await
         {
-            Ok(ids) => ids,
+            Ok(ids) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("Claiming due refreshes again.");
+                }
+                ids
+            }
+            Err(e) if failing => {
+                tracing::debug!(error = %e, "Could not claim due refreshes; trying again.");
+                continue;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "Could not claim due refreshes; trying again.");
+                failing = true;
+                tracing::warn!(error = %e, "Could not claim due refreshes; trying again at every poll (logged again when it recovers).");
                 continue;
             }
         };
@@ -124,4 +136,32 @@ pub(super) fn settled(refresh: Refresh, processed: &Processed) {
         }
     };
     metrics::get().refresh_settled(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interval_of_zero_turns_refreshing_off() {
+        assert!(RefreshSettings::every(Duration::ZERO, 320).is_none());
+    }
+
+    #[test]
+    fn a_claim_outlasts_a_slow_refresh_and_polls_keep_up_with_the_interval() {
+        let default = RefreshSettings::every(Duration::from_secs(5), 320).expect("on");
+        assert_eq!(
+            default.lease,
+            Duration::from_secs(60),
+            "a PBX call may take its retries"
+        );
+        assert_eq!(default.poll(), Duration::from_millis(500));
+        assert_eq!(default.in_flight, 320);
+        let long = RefreshSettings::every(Duration::from_secs(300), 0).expect("on");
+        assert_eq!(long.lease, Duration::from_secs(600));
+        assert_eq!(long.poll(), Duration::from_secs(1));
+        assert_eq!(long.in_flight, 1);
+        let short = RefreshSettings::every(Duration::from_millis(200), 1).expect("on");
+        assert_eq!(short.poll(), Duration::from_millis(100));
+    }
 }

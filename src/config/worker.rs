@@ -8,7 +8,7 @@ use clap::Args;
 use super::{ConfigError, ReconcilePageArgs, defaults, invalid};
 use crate::backoff::Backoff;
 use crate::pipeline::PipelineSettings;
-use crate::reconcile::{PeriodicReconcile, ReconcileSettings};
+use crate::reconcile::PeriodicReconcile;
 use crate::worker::{RefreshSettings, WorkerSettings};
 
 #[derive(Debug, Args)]
@@ -67,11 +67,6 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// `ENRICHER_REFRESH_INTERVAL_MS` as the store takes it: `None` when 0.
-    pub fn refresh_interval(&self) -> Option<Duration> {
-        (self.refresh_interval_ms > 0).then(|| Duration::from_millis(self.refresh_interval_ms))
-    }
-
     /// The worker's settings; `fetchers` is the PBX concurrency cap and
     /// `fetch_batch` the PBX query batch.
     pub fn settings(
@@ -96,10 +91,8 @@ impl WorkerArgs {
             0 => None,
             seconds => Some(PeriodicReconcile {
                 interval: Duration::from_secs(seconds),
-                settings: ReconcileSettings {
-                    refresh_interval: self.refresh_interval(),
-                    ..self.reconcile_page.settings()?
-                },
+                // Its refresh interval is the worker's (`Worker::run`).
+                settings: self.reconcile_page.settings()?,
             }),
         };
         Ok(WorkerSettings {
@@ -119,10 +112,7 @@ impl WorkerArgs {
                 batch_linger: Duration::from_millis(self.batch_linger_ms),
                 writers: self.db_writers as usize,
             },
-            refresh: RefreshSettings::every(
-                Duration::from_millis(self.refresh_interval_ms),
-                fetchers * fetch_batch,
-            ),
+            refresh: RefreshSettings::every(Duration::from_millis(self.refresh_interval_ms)),
             reconcile,
             ..WorkerSettings::default()
         })

@@ -51,6 +51,14 @@ pub struct PipelineSettings {
     pub writers: usize,
 }
 
+impl PipelineSettings {
+    /// Sessions being fetched at once at most: every fetcher with a full
+    /// batch (at least 1).
+    pub fn fetch_capacity(&self) -> usize {
+        (self.fetchers.max(1) * self.fetch_batch.max(1)).max(1)
+    }
+}
+
 /// What happened to one event, with the ticket it was submitted with.
 #[derive(Debug)]
 pub struct Done<T> {

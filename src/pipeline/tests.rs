@@ -511,3 +511,19 @@ async fn answers_arriving_while_every_writer_is_busy_go_out_in_one_batch() {
 
     assert_eq!(h.sink.batches.lock().unwrap().clone(), vec![1, 40]);
 }
+
+#[test]
+fn the_fetch_capacity_is_every_fetcher_with_a_full_batch() {
+    let default = PipelineSettings {
+        fetchers: 16,
+        fetch_batch: 20,
+        ..SETTINGS
+    };
+    assert_eq!(default.fetch_capacity(), 320);
+    let none = PipelineSettings {
+        fetchers: 0,
+        fetch_batch: 0,
+        ..SETTINGS
+    };
+    assert_eq!(none.fetch_capacity(), 1);
+}

@@ -81,6 +81,7 @@ impl Worker {
                 self.store.clone(),
                 settings.pbx_id.clone(),
                 refresh,
+                settings.pipeline.fetch_capacity(),
                 to_consume,
                 stop_refreshing.clone(),
             ))
@@ -107,7 +108,7 @@ impl Worker {
                         break SessionEnd::Paused(pause);
                     }
                 }
-                Some(claimed) = refreshes.recv() => {
+                Some(claimed) = refreshes.recv(), if refresher.is_some() => {
                     in_flight += claimed.len();
                     pipeline.submit(claimed.into_iter().map(|r| (r.session_id, Ticket::Refresh(r))));
                 }

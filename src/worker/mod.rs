@@ -92,10 +92,7 @@ impl Default for WorkerSettings {
                 batch_linger: Duration::from_millis(defaults::BATCH_LINGER_MS),
                 writers: defaults::DB_WRITERS as usize,
             },
-            refresh: RefreshSettings::every(
-                Duration::from_millis(defaults::REFRESH_INTERVAL_MS),
-                usize::from(defaults::PBX_CONCURRENCY) * usize::from(defaults::QUERY_BATCH),
-            ),
+            refresh: RefreshSettings::every(Duration::from_millis(defaults::REFRESH_INTERVAL_MS)),
             reconnect: unbounded(Duration::from_millis(500), Duration::from_secs(30)),
             database_probe: unbounded(Duration::from_secs(1), Duration::from_secs(30)),
             pbx_probe: unbounded(Duration::from_secs(30), Duration::from_secs(1800)),
@@ -150,7 +147,10 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         // Periodic reconciliation needs no broker: it runs beside the
         // consuming sessions, and stops at its next step on shutdown.
-        let reconciling = self.settings.reconcile.clone().map(|periodic| {
+        // Its writes set refresh due times by this worker's interval, as
+        // the consumer's do.
+        let reconciling = self.settings.reconcile.clone().map(|mut periodic| {
+            periodic.settings.refresh_interval = self.settings.refresh.map(|r| r.interval);
             tokio::spawn(crate::reconcile::run_periodically(
                 Arc::clone(&self.pbx),
                 self.store.clone(),

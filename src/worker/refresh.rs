@@ -22,23 +22,18 @@ use crate::store::Store;
 pub struct RefreshSettings {
     /// How long after its last fetch a waiting session is fetched again.
     pub interval: Duration,
-    /// Refreshes in flight at once, at most (the pipeline's fetch capacity
-    /// is a good size: more would only queue).
-    pub in_flight: usize,
     /// How long a claim holds a session: a refresh that has not written by
     /// then (a replica died, the PBX is down) is due again.
     pub lease: Duration,
 }
 
 impl RefreshSettings {
-    /// Refreshing every `interval` (zero: off), with as many refreshes in
-    /// flight as the pipeline fetches at once (`fetch_capacity`: fetchers
-    /// × batch), and a claim that lapses after a minute or two intervals,
-    /// whichever is longer (a PBX call may take its timeout and retries).
-    pub fn every(interval: Duration, fetch_capacity: usize) -> Option<Self> {
+    /// Refreshing every `interval` (zero: off), with a claim that lapses
+    /// after a minute or two intervals, whichever is longer (a PBX call may
+    /// take its timeout and retries).
+    pub fn every(interval: Duration) -> Option<Self> {
         (!interval.is_zero()).then(|| Self {
             interval,
-            in_flight: fetch_capacity.max(1),
             lease: (interval * 2).max(Duration::from_secs(60)),
         })
     }
@@ -58,17 +53,19 @@ pub(super) struct Refresh {
     _place: OwnedSemaphorePermit,
 }
 
-/// Claims due sessions until `stop`, and sends them to the consume loop.
-/// Each claim is one statement, never cancelled mid-flight; `stop` is seen
-/// between claims.
+/// Claims due sessions until `stop`, and sends them to the consume loop,
+/// with at most `in_flight` refreshes unsettled (the pipeline's fetch
+/// capacity is a good size: more would only queue). Each claim is one
+/// statement, never cancelled mid-flight; `stop` is seen between claims.
 pub(super) async fn refresher(
     store: Store,
     pbx_id: String,
     settings: RefreshSettings,
+    in_flight: usize,
     to_consume: mpsc::Sender<Vec<Refresh>>,
     stop: CancellationToken,
 ) {
-    let places = Arc::new(Semaphore::new(settings.in_flight.max(1)));
+    let places = Arc::new(Semaphore::new(in_flight.max(1)));
     // A database that keeps refusing is logged once, not at every poll.
     let mut failing = false;
     let mut poll = tokio::time::interval(settings.poll());
@@ -144,24 +141,22 @@ mod tests {
 
     #[test]
     fn an_interval_of_zero_turns_refreshing_off() {
-        assert!(RefreshSettings::every(Duration::ZERO, 320).is_none());
+        assert!(RefreshSettings::every(Duration::ZERO).is_none());
     }
 
     #[test]
     fn a_claim_outlasts_a_slow_refresh_and_polls_keep_up_with_the_interval() {
-        let default = RefreshSettings::every(Duration::from_secs(5), 320).expect("on");
+        let default = RefreshSettings::every(Duration::from_secs(5)).expect("on");
         assert_eq!(
             default.lease,
             Duration::from_secs(60),
             "a PBX call may take its retries"
         );
         assert_eq!(default.poll(), Duration::from_millis(500));
-        assert_eq!(default.in_flight, 320);
-        let long = RefreshSettings::every(Duration::from_secs(300), 0).expect("on");
+        let long = RefreshSettings::every(Duration::from_secs(300)).expect("on");
         assert_eq!(long.lease, Duration::from_secs(600));
         assert_eq!(long.poll(), Duration::from_secs(1));
-        assert_eq!(long.in_flight, 1);
-        let short = RefreshSettings::every(Duration::from_millis(200), 1).expect("on");
+        let short = RefreshSettings::every(Duration::from_millis(200)).expect("on");
         assert_eq!(short.poll(), Duration::from_millis(100));
     }
 }

@@ -13,7 +13,7 @@ const INTERVAL: Duration = Duration::from_secs(1);
 
 fn refreshing(env: &TestEnv) -> crate::helpers::WorkerSetup {
     let mut setup = env.setup();
-    setup.worker.refresh = RefreshSettings::every(INTERVAL, 100);
+    setup.worker.refresh = RefreshSettings::every(INTERVAL);
     setup
 }
 
